@@ -1,0 +1,14 @@
+//! The conformance suite against every backend that has landed: one line per backend.
+//!
+//! Server addresses default to the loopback ports `scripts/backends up` uses. A server that
+//! cannot be reached fails its cases.
+
+use std::time::Duration;
+
+use conformance_tests::{conformance_suite, Target};
+
+conformance_suite!(
+    memory,
+    Target::new("memory", |run| format!("memory://conformance-{run}"))
+        .short_ttl(Duration::from_secs(1))
+);

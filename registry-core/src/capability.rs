@@ -1,0 +1,41 @@
+//! What a backend can do, declared once by each backend.
+
+use std::time::Duration;
+
+/// What a backend offers. Each backend fills this in; [`crate::Checked`] refuses calls the
+/// backend did not declare with [`crate::Error::Unsupported`], and the conformance suite runs
+/// only the cases a backend claims.
+///
+/// Build one from [`Default`] (everything off) and set the fields that hold:
+///
+/// ```
+/// use std::time::Duration;
+/// use registry_core::Capabilities;
+/// let caps = Capabilities {
+///     register: true,
+///     watch: true,
+///     ttl_expiry: true,
+///     expiry_slack: Duration::from_secs(1),
+///     ..Default::default()
+/// };
+/// assert!(!caps.list_services);
+/// ```
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Capabilities {
+    /// `register` and `deregister` are available.
+    pub register: bool,
+    /// `watch` is available.
+    pub watch: bool,
+    /// `list_services` (every service name in the registry's namespace) is available.
+    pub list_services: bool,
+    /// An instance whose owner dies without deregistering is removed by the registry once its
+    /// TTL (lease, session, health check) runs out.
+    pub ttl_expiry: bool,
+    /// Registrations are visible to other processes (false for `memory://`).
+    pub cross_process: bool,
+    /// How long after the TTL an expired instance may still be listed: the backend's
+    /// documented slack on top of the TTL.
+    pub expiry_slack: Duration,
+    /// The shortest TTL the backend (or its server) accepts.
+    pub min_ttl: Duration,
+}

@@ -1,0 +1,168 @@
+//! The one error type of the registry API.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+/// A boxed source error, shareable so that [`Error`] is `Clone` (a watcher hands the same
+/// upstream error to every local watcher).
+pub type Source = Arc<dyn std::error::Error + Send + Sync + 'static>;
+
+/// Result alias used throughout the registry crates.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Everything a registry call can fail with.
+///
+/// [`Error::is_temporary`] tells failures worth retrying (the registry was unreachable or slow)
+/// from permanent ones (bad input, bad configuration, an operation the backend does not support).
+#[non_exhaustive]
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum Error {
+    /// A service name, instance id, endpoint or metadata entry was rejected before anything
+    /// was written.
+    #[error("invalid {field} {value:?}: {reason}")]
+    InvalidInput {
+        /// Which input: `"name"`, `"id"`, `"endpoint"`, `"metadata"`.
+        field: &'static str,
+        /// The rejected value.
+        value: String,
+        /// Why it was rejected.
+        reason: String,
+    },
+
+    /// A registry URL or one of its options could not be understood.
+    #[error("invalid registry URL {url:?}: {reason}")]
+    InvalidUrl {
+        /// The URL as given (secrets removed).
+        url: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+
+    /// A URL names a scheme that no backend knows.
+    #[error("unknown registry scheme {scheme:?}; schemes compiled in: {}", available.join(", "))]
+    UnknownScheme {
+        /// The scheme of the URL.
+        scheme: String,
+        /// The schemes this build can connect to.
+        available: Vec<&'static str>,
+    },
+
+    /// A URL names a known backend that this build was compiled without.
+    #[error("the {scheme}:// registry needs the `{feature}` feature of the `registry` crate")]
+    FeatureDisabled {
+        /// The scheme of the URL.
+        scheme: String,
+        /// The cargo feature to enable.
+        feature: &'static str,
+    },
+
+    /// The backend does not offer this operation (see [`crate::Capabilities`]).
+    #[error("the {backend} registry does not support {operation}")]
+    Unsupported {
+        /// The backend's scheme.
+        backend: &'static str,
+        /// The operation that was refused.
+        operation: &'static str,
+    },
+
+    /// The registry could not be reached, or dropped the connection.
+    #[error("registry unavailable: {message}")]
+    Unavailable {
+        /// What happened.
+        message: String,
+        /// The underlying error, when there is one.
+        #[source]
+        source: Option<Source>,
+    },
+
+    /// The registry did not answer in time.
+    #[error("registry call {operation} timed out after {after:?}")]
+    Timeout {
+        /// What was being done.
+        operation: &'static str,
+        /// How long we waited.
+        after: Duration,
+    },
+
+    /// The registry refused the credentials or the operation.
+    #[error("permission denied: {message}")]
+    PermissionDenied {
+        /// The registry's explanation.
+        message: String,
+    },
+
+    /// Another live owner holds what we tried to write (for example a ZooKeeper node of
+    /// another session at the instance's path).
+    #[error("conflict: {message}")]
+    Conflict {
+        /// What is held, and by whom.
+        message: String,
+    },
+
+    /// [`crate::Watcher::stop`] was called; the watcher delivers nothing more.
+    #[error("watcher stopped")]
+    WatcherStopped,
+
+    /// The registry (or the watch's upstream) was shut down.
+    #[error("registry closed")]
+    Closed,
+
+    /// Any other failure reported by a backend.
+    #[error("{backend} registry error: {message}")]
+    Backend {
+        /// The backend's scheme.
+        backend: &'static str,
+        /// What happened.
+        message: String,
+        /// Whether retrying may succeed.
+        temporary: bool,
+        /// The underlying error, when there is one.
+        #[source]
+        source: Option<Source>,
+    },
+}
+
+impl Error {
+    /// Whether retrying the same call later may succeed: the registry was unreachable, slow,
+    /// or reported a transient failure. Bad input, configuration errors and unsupported calls
+    /// are permanent.
+    pub fn is_temporary(&self) -> bool {
+        match self {
+            Error::Unavailable { .. } | Error::Timeout { .. } => true,
+            Error::Backend { temporary, .. } => *temporary,
+            _ => false,
+        }
+    }
+
+    /// Shorthand for [`Error::InvalidInput`].
+    pub fn invalid(
+        field: &'static str,
+        value: impl Into<String>,
+        reason: impl Into<String>,
+    ) -> Self {
+        Error::InvalidInput {
+            field,
+            value: value.into(),
+            reason: reason.into(),
+        }
+    }
+
+    /// Shorthand for [`Error::InvalidUrl`].
+    pub fn invalid_url(url: impl Into<String>, reason: impl Into<String>) -> Self {
+        Error::InvalidUrl {
+            url: url.into(),
+            reason: reason.into(),
+        }
+    }
+
+    /// Shorthand for [`Error::Unavailable`] with a source.
+    pub fn unavailable(
+        message: impl Into<String>,
+        source: impl std::error::Error + Send + Sync + 'static,
+    ) -> Self {
+        Error::Unavailable {
+            message: message.into(),
+            source: Some(Arc::new(source)),
+        }
+    }
+}

@@ -1,0 +1,214 @@
+//! The service instance, in exactly the go-kratos JSON shape.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Deserializer, Serialize};
+
+use crate::validate::{validate_id, validate_name};
+use crate::{Endpoint, Error, Result};
+
+/// One running instance of a service.
+///
+/// Serialises to exactly the go-kratos shape, field names included:
+/// `{"id":..,"name":..,"version":..,"metadata":{..},"endpoints":[..]}`. Reading accepts what
+/// kratos writes: `"metadata": null`, `"endpoints": null` and missing fields.
+///
+/// ```
+/// use registry_core::ServiceInstance;
+/// let instance = ServiceInstance::builder("8fc08b88", "helloworld")
+///     .version("v1.2.0")
+///     .metadata("zone", "eu-1")
+///     .endpoint("http://127.0.0.1:8000")
+///     .endpoint("grpc://127.0.0.1:9000?isSecure=false")
+///     .build()
+///     .unwrap();
+/// assert_eq!(instance.endpoint("grpc").unwrap().port(), 9000);
+/// let json = serde_json::to_string(&instance).unwrap();
+/// assert_eq!(serde_json::from_str::<ServiceInstance>(&json).unwrap(), instance);
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct ServiceInstance {
+    /// Unique id of this instance within its service (see [`crate::validate`] for the rule).
+    #[serde(default)]
+    pub id: String,
+    /// The service name (see [`crate::validate`] for the rule).
+    #[serde(default)]
+    pub name: String,
+    /// The version of the service this instance runs; may be empty.
+    #[serde(default)]
+    pub version: String,
+    /// Free-form key/value metadata.
+    #[serde(default, deserialize_with = "null_as_default")]
+    pub metadata: BTreeMap<String, String>,
+    /// Endpoint URLs, such as `http://10.0.0.1:8000` and `grpc://10.0.0.1:9000?isSecure=false`.
+    #[serde(default, deserialize_with = "null_as_default")]
+    pub endpoints: Vec<String>,
+}
+
+fn null_as_default<'de, D, T>(deserializer: D) -> Result<T, D::Error>
+where
+    D: Deserializer<'de>,
+    T: Default + Deserialize<'de>,
+{
+    Ok(Option::<T>::deserialize(deserializer)?.unwrap_or_default())
+}
+
+impl ServiceInstance {
+    /// Starts building an instance with its id and service name.
+    pub fn builder(id: impl Into<String>, name: impl Into<String>) -> ServiceInstanceBuilder {
+        ServiceInstanceBuilder {
+            instance: ServiceInstance {
+                id: id.into(),
+                name: name.into(),
+                ..Default::default()
+            },
+        }
+    }
+
+    /// Checks the id, the name, every endpoint and the metadata keys. Every backend runs this
+    /// before writing anything, so an invalid instance changes nothing.
+    pub fn validate(&self) -> Result<()> {
+        validate_id(&self.id)?;
+        validate_name(&self.name)?;
+        for ep in &self.endpoints {
+            Endpoint::parse(ep)?;
+        }
+        if let Some(key) = self.metadata.keys().find(|k| k.is_empty()) {
+            return Err(Error::invalid("metadata", key, "keys must not be empty"));
+        }
+        Ok(())
+    }
+
+    /// The parsed endpoints, in order; fails on the first that does not parse.
+    pub fn parsed_endpoints(&self) -> Result<Vec<Endpoint>> {
+        self.endpoints.iter().map(|e| Endpoint::parse(e)).collect()
+    }
+
+    /// The first endpoint whose scheme is `scheme` (for example `"grpc"`), skipping any that
+    /// do not parse.
+    pub fn endpoint(&self, scheme: &str) -> Option<Endpoint> {
+        self.endpoints
+            .iter()
+            .filter_map(|e| Endpoint::parse(e).ok())
+            .find(|e| e.scheme() == scheme)
+    }
+
+    /// The instance as go-kratos JSON.
+    pub fn to_json(&self) -> String {
+        // A struct of strings and a string map always serialises.
+        serde_json::to_string(self).unwrap_or_default()
+    }
+
+    /// Reads an instance from JSON and validates it. Backends use this for values found in the
+    /// registry, so that a foreign or corrupt value is reported, not trusted.
+    pub fn from_json(bytes: &[u8]) -> Result<Self> {
+        let instance: ServiceInstance = serde_json::from_slice(bytes).map_err(|e| {
+            Error::invalid(
+                "instance",
+                String::from_utf8_lossy(bytes),
+                format!("not an instance: {e}"),
+            )
+        })?;
+        instance.validate()?;
+        Ok(instance)
+    }
+}
+
+/// Builds a [`ServiceInstance`]; [`build`](Self::build) validates it.
+#[derive(Debug, Clone)]
+#[must_use]
+pub struct ServiceInstanceBuilder {
+    instance: ServiceInstance,
+}
+
+impl ServiceInstanceBuilder {
+    /// Sets the version.
+    pub fn version(mut self, version: impl Into<String>) -> Self {
+        self.instance.version = version.into();
+        self
+    }
+
+    /// Adds one metadata entry.
+    pub fn metadata(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
+        self.instance.metadata.insert(key.into(), value.into());
+        self
+    }
+
+    /// Adds one endpoint URL.
+    pub fn endpoint(mut self, endpoint: impl Into<String>) -> Self {
+        self.instance.endpoints.push(endpoint.into());
+        self
+    }
+
+    /// Validates and returns the instance.
+    pub fn build(self) -> Result<ServiceInstance> {
+        self.instance.validate()?;
+        Ok(self.instance)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The value captured from a real go-kratos service (WIRE-FORMAT.md).
+    const KRATOS: &str = r#"{"id":"8fc08b88-e37b-11ec-bb6f-88d7f62323b4","name":"helloworld","version":"","metadata":null,"endpoints":["http://192.168.56.1:8080","grpc://192.168.56.1:9000"]}"#;
+
+    #[test]
+    fn reads_the_captured_kratos_value() {
+        let i = ServiceInstance::from_json(KRATOS.as_bytes()).unwrap();
+        assert_eq!(i.id, "8fc08b88-e37b-11ec-bb6f-88d7f62323b4");
+        assert_eq!(i.name, "helloworld");
+        assert_eq!(i.version, "");
+        assert!(i.metadata.is_empty());
+        assert_eq!(
+            i.endpoints,
+            ["http://192.168.56.1:8080", "grpc://192.168.56.1:9000"]
+        );
+        assert_eq!(i.endpoint("grpc").unwrap().port(), 9000);
+    }
+
+    #[test]
+    fn writes_the_kratos_field_names_in_order() {
+        let i = ServiceInstance::builder("1", "helloworld")
+            .endpoint("http://127.0.0.1:8000")
+            .metadata("k", "v")
+            .build()
+            .unwrap();
+        assert_eq!(
+            i.to_json(),
+            r#"{"id":"1","name":"helloworld","version":"","metadata":{"k":"v"},"endpoints":["http://127.0.0.1:8000"]}"#
+        );
+    }
+
+    #[test]
+    fn accepts_missing_fields_and_nulls() {
+        let i: ServiceInstance =
+            serde_json::from_str(r#"{"id":"a","name":"b","endpoints":null}"#).unwrap();
+        assert_eq!(i.version, "");
+        assert!(i.endpoints.is_empty() && i.metadata.is_empty());
+    }
+
+    #[test]
+    fn corrupt_values_are_typed_errors() {
+        for bad in [&b"not json"[..], br#"{"id":"","name":"x"}"#, b"[1,2]"] {
+            let err = ServiceInstance::from_json(bad).unwrap_err();
+            assert!(matches!(err, Error::InvalidInput { .. }), "{err}");
+        }
+    }
+
+    #[test]
+    fn builder_rejects_a_bad_endpoint() {
+        let err = ServiceInstance::builder("1", "svc")
+            .endpoint("nohost")
+            .build()
+            .unwrap_err();
+        assert!(matches!(
+            err,
+            Error::InvalidInput {
+                field: "endpoint",
+                ..
+            }
+        ));
+    }
+}

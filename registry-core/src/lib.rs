@@ -1,0 +1,60 @@
+//! The core of the service registry toolkit: the instance model, the [`Registrar`],
+//! [`Discovery`] and [`Registry`] traits, the [`Watcher`], errors, validation, capabilities,
+//! and the in-memory backend ([`MemoryRegistry`], `memory://`).
+//!
+//! Backends (etcd, Consul, ZooKeeper, Nacos) live in crates of their own and implement
+//! [`Registry`]; most programs use the `registry` facade crate, whose `connect(url)` picks a
+//! backend from a URL.
+//!
+//! ```
+//! # #[tokio::main(flavor = "current_thread")] async fn main() -> registry_core::Result<()> {
+//! use std::sync::Arc;
+//! use registry_core::{MemoryRegistry, Registry, ServiceInstance};
+//!
+//! let registry: Arc<dyn Registry> = Arc::new(MemoryRegistry::new());
+//! let instance = ServiceInstance::builder("8fc08b88", "helloworld")
+//!     .version("v1")
+//!     .endpoint("http://127.0.0.1:8000")
+//!     .endpoint("grpc://127.0.0.1:9000?isSecure=false")
+//!     .build()?;
+//!
+//! let mut watcher = registry.watch("helloworld").await?;
+//! assert!(watcher.next().await?.is_empty()); // the current list, empty for now
+//!
+//! registry.register(&instance).await?;
+//! assert_eq!(watcher.next().await?, vec![instance.clone()]);
+//! assert_eq!(registry.get_service("helloworld").await?[0].endpoint("grpc").unwrap().port(), 9000);
+//!
+//! registry.deregister(&instance).await?;
+//! assert!(watcher.next().await?.is_empty());
+//! # Ok(()) }
+//! ```
+//!
+//! Crates chosen: `async-trait` keeps the traits object safe (`Arc<dyn Registry>`) with async
+//! methods; `tokio::sync::watch` is the snapshot channel behind every watcher (the newest list
+//! wins, every watcher sees it); `url` parses endpoints and registry URLs; `humantime` reads
+//! durations such as `10s` in URL options; `thiserror` derives the error enum.
+
+mod capability;
+mod checked;
+mod endpoint;
+mod error;
+mod instance;
+pub mod memory;
+mod options;
+mod registry;
+pub mod validate;
+pub mod watch;
+
+pub use capability::Capabilities;
+pub use checked::Checked;
+pub use endpoint::Endpoint;
+pub use error::{Error, Result, Source};
+pub use instance::{ServiceInstance, ServiceInstanceBuilder};
+pub use memory::MemoryRegistry;
+pub use options::{redact, UrlOptions};
+pub use registry::{Discovery, Registrar, Registry};
+pub use watch::{Publisher, WatchHub, Watcher};
+
+/// Re-exported so that backends and users name the same `Url` type.
+pub use url::Url;

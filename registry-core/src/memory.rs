@@ -1,0 +1,304 @@
+//! The in-memory backend (`memory://`), the embedded default.
+//!
+//! Registrations live in a store inside this process. `memory://` is the process-wide default
+//! store; `memory://NAME` is a store of its own, shared by every handle connected to that name.
+//! The option `ttl` (default 15 s) sets how long a registration outlives its owner.
+//!
+//! Each handle is one owner, like a client session of a real registry: a registration belongs
+//! to the handle that made it, and when that handle is dropped without deregistering, its
+//! registrations expire after the handle's TTL. Cloning a handle shares the store but makes a
+//! new owner.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, LazyLock, Mutex, MutexGuard, Weak};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use tokio::sync::watch;
+use tokio::time::Instant;
+use url::Url;
+
+use crate::validate::{validate_id, validate_name};
+use crate::{
+    Capabilities, Discovery, Error, Registrar, Registry, Result, ServiceInstance, UrlOptions,
+    WatchHub, Watcher,
+};
+
+/// The URL scheme of this backend.
+pub const SCHEME: &str = "memory";
+
+/// How long a registration outlives its dropped owner when no `ttl` is given.
+pub const DEFAULT_TTL: Duration = Duration::from_secs(15);
+
+static STORES: LazyLock<Mutex<HashMap<String, Weak<Store>>>> = LazyLock::new(Default::default);
+static NEXT_OWNER: AtomicU64 = AtomicU64::new(1);
+
+#[derive(Debug)]
+struct Entry {
+    instance: ServiceInstance,
+    owner: u64,
+    expires_at: Option<Instant>,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    services: BTreeMap<String, BTreeMap<String, Entry>>,
+}
+
+impl State {
+    /// Drops expired entries; returns whether anything was removed.
+    fn purge(&mut self, now: Instant) -> bool {
+        let mut removed = false;
+        self.services.retain(|_, entries| {
+            entries.retain(|_, e| {
+                let live = e.expires_at.is_none_or(|at| at > now);
+                removed |= !live;
+                live
+            });
+            !entries.is_empty()
+        });
+        removed
+    }
+}
+
+#[derive(Debug)]
+struct Store {
+    state: Mutex<State>,
+    /// Bumped on every change; the watch upstreams re-list on it.
+    changed: watch::Sender<u64>,
+    hub: WatchHub,
+}
+
+impl Store {
+    fn new() -> Self {
+        Store {
+            state: Mutex::default(),
+            changed: watch::channel(0).0,
+            hub: WatchHub::new(),
+        }
+    }
+
+    fn named(name: &str) -> Arc<Store> {
+        let mut stores = STORES.lock().unwrap_or_else(|p| p.into_inner());
+        stores.retain(|_, weak| weak.strong_count() > 0);
+        if let Some(store) = stores.get(name).and_then(Weak::upgrade) {
+            return store;
+        }
+        let store = Arc::new(Store::new());
+        stores.insert(name.to_owned(), Arc::downgrade(&store));
+        store
+    }
+
+    /// The state with expired entries purged (watchers are told when something expired).
+    fn state(&self) -> MutexGuard<'_, State> {
+        let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        if state.purge(Instant::now()) {
+            self.notify();
+        }
+        state
+    }
+
+    fn notify(&self) {
+        self.changed.send_modify(|gen| *gen += 1);
+    }
+
+    fn list(&self, name: &str) -> Vec<ServiceInstance> {
+        self.state()
+            .services
+            .get(name)
+            .map(|entries| entries.values().map(|e| e.instance.clone()).collect())
+            .unwrap_or_default()
+    }
+}
+
+/// A handle on an in-memory store. See the [module docs](self).
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")] async fn main() -> registry_core::Result<()> {
+/// use registry_core::{Discovery, MemoryRegistry, Registrar, ServiceInstance};
+/// let registry = MemoryRegistry::new();
+/// let instance = ServiceInstance::builder("1", "helloworld")
+///     .endpoint("grpc://127.0.0.1:9000")
+///     .build()?;
+/// registry.register(&instance).await?;
+/// assert_eq!(registry.get_service("helloworld").await?, vec![instance]);
+/// # Ok(()) }
+/// ```
+#[derive(Debug)]
+pub struct MemoryRegistry {
+    store: Arc<Store>,
+    owner: u64,
+    ttl: Duration,
+}
+
+impl MemoryRegistry {
+    /// A handle on a new private store, with the default TTL.
+    pub fn new() -> Self {
+        Self::with_store(Arc::new(Store::new()), DEFAULT_TTL)
+    }
+
+    /// A handle on the process-wide store called `name` (`""` is the default store).
+    pub fn named(name: &str, ttl: Duration) -> Self {
+        Self::with_store(Store::named(name), ttl)
+    }
+
+    /// A handle from a URL: `memory://[STORE][?ttl=DURATION]`.
+    pub fn from_url(url: &Url) -> Result<Self> {
+        if url.scheme() != SCHEME {
+            return Err(Error::invalid_url(url.as_str(), "expected memory://"));
+        }
+        if !matches!(url.path(), "" | "/") {
+            return Err(Error::invalid_url(
+                url.as_str(),
+                "memory:// takes a store name, not a path",
+            ));
+        }
+        let mut opts = UrlOptions::new(url);
+        let ttl = opts.duration("ttl")?.unwrap_or(DEFAULT_TTL);
+        opts.finish()?;
+        if ttl.is_zero() {
+            return Err(Error::invalid_url(url.as_str(), "ttl must be positive"));
+        }
+        Ok(Self::named(url.host_str().unwrap_or_default(), ttl))
+    }
+
+    fn with_store(store: Arc<Store>, ttl: Duration) -> Self {
+        MemoryRegistry {
+            store,
+            owner: NEXT_OWNER.fetch_add(1, Ordering::Relaxed),
+            ttl,
+        }
+    }
+
+    /// How long this handle's registrations outlive it.
+    pub fn ttl(&self) -> Duration {
+        self.ttl
+    }
+}
+
+impl Default for MemoryRegistry {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Clone for MemoryRegistry {
+    /// Shares the store; the clone is a new owner with the same TTL.
+    fn clone(&self) -> Self {
+        Self::with_store(self.store.clone(), self.ttl)
+    }
+}
+
+impl Drop for MemoryRegistry {
+    fn drop(&mut self) {
+        let deadline = Instant::now() + self.ttl;
+        let mut orphaned = false;
+        {
+            let mut state = self.store.state.lock().unwrap_or_else(|p| p.into_inner());
+            for entry in state.services.values_mut().flat_map(|s| s.values_mut()) {
+                if entry.owner == self.owner && entry.expires_at.is_none() {
+                    entry.expires_at = Some(deadline);
+                    orphaned = true;
+                }
+            }
+        }
+        // Reads purge lazily; a timer also tells watchers right on time.
+        if let (true, Ok(runtime)) = (orphaned, tokio::runtime::Handle::try_current()) {
+            let store = Arc::downgrade(&self.store);
+            runtime.spawn(async move {
+                tokio::time::sleep_until(deadline).await;
+                if let Some(store) = store.upgrade() {
+                    drop(store.state());
+                }
+            });
+        }
+    }
+}
+
+#[async_trait]
+impl Registrar for MemoryRegistry {
+    async fn register(&self, instance: &ServiceInstance) -> Result<()> {
+        instance.validate()?;
+        self.store
+            .state()
+            .services
+            .entry(instance.name.clone())
+            .or_default()
+            .insert(
+                instance.id.clone(),
+                Entry {
+                    instance: instance.clone(),
+                    owner: self.owner,
+                    expires_at: None,
+                },
+            );
+        self.store.notify();
+        Ok(())
+    }
+
+    async fn deregister(&self, instance: &ServiceInstance) -> Result<()> {
+        validate_name(&instance.name)?;
+        validate_id(&instance.id)?;
+        let removed = {
+            let mut state = self.store.state();
+            let entries = state.services.get_mut(&instance.name);
+            let removed = entries.and_then(|e| e.remove(&instance.id)).is_some();
+            state.services.retain(|_, e| !e.is_empty());
+            removed
+        };
+        if removed {
+            self.store.notify();
+        }
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl Discovery for MemoryRegistry {
+    async fn get_service(&self, name: &str) -> Result<Vec<ServiceInstance>> {
+        validate_name(name)?;
+        Ok(self.store.list(name))
+    }
+
+    async fn watch(&self, name: &str) -> Result<Watcher> {
+        validate_name(name)?;
+        let store = self.store.clone();
+        let name = name.to_owned();
+        self.store
+            .hub
+            .watch(&name.clone(), move |publisher| async move {
+                let mut changed = store.changed.subscribe();
+                loop {
+                    publisher.publish(store.list(&name));
+                    if changed.changed().await.is_err() {
+                        break;
+                    }
+                }
+            })
+            .await
+    }
+}
+
+#[async_trait]
+impl Registry for MemoryRegistry {
+    fn scheme(&self) -> &'static str {
+        SCHEME
+    }
+
+    fn capabilities(&self) -> Capabilities {
+        Capabilities {
+            register: true,
+            watch: true,
+            list_services: true,
+            ttl_expiry: true,
+            cross_process: false,
+            expiry_slack: Duration::from_millis(200),
+            min_ttl: Duration::from_millis(1),
+        }
+    }
+
+    async fn list_services(&self) -> Result<Vec<String>> {
+        Ok(self.store.state().services.keys().cloned().collect())
+    }
+}

@@ -1,0 +1,7 @@
+//! The etcd backend of the service registry toolkit (`etcd://`).
+//!
+//! Not implemented yet: this crate holds its place in the workspace layout. The facade's
+//! `connect("etcd://...")` answers with [`registry_core::Error::Unsupported`] until it lands.
+
+/// The URL scheme this backend will serve.
+pub const SCHEME: &str = "etcd";

@@ -1,0 +1,7 @@
+//! The Nacos backend of the service registry toolkit (`nacos://`).
+//!
+//! Not implemented yet: this crate holds its place in the workspace layout. The facade's
+//! `connect("nacos://...")` answers with [`registry_core::Error::Unsupported`] until it lands.
+
+/// The URL scheme this backend will serve.
+pub const SCHEME: &str = "nacos";

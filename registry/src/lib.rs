@@ -1,0 +1,203 @@
+//! Service registration and discovery with one API over etcd, Consul, ZooKeeper, Nacos or an
+//! in-memory registry, chosen at run time by URL: moving to another registry is a URL change.
+//!
+//! ```
+//! # #[tokio::main(flavor = "current_thread")] async fn main() -> registry::Result<()> {
+//! use registry::ServiceInstance;
+//!
+//! let registry = registry::connect("memory://").await?; // or etcd://127.0.0.1:2379, ...
+//! let me = ServiceInstance::builder("instance-1", "helloworld")
+//!     .version("v1")
+//!     .endpoint("grpc://127.0.0.1:9000")
+//!     .build()?;
+//! registry.register(&me).await?;
+//!
+//! let mut watcher = registry.watch("helloworld").await?;
+//! let instances = watcher.next().await?; // the current list; then one list per change
+//! assert_eq!(instances, vec![me.clone()]);
+//!
+//! registry.deregister(&me).await?;
+//! assert!(watcher.next().await?.is_empty());
+//! # Ok(()) }
+//! ```
+//!
+//! # Backends and features
+//!
+//! | scheme | cargo feature | example URL |
+//! |---|---|---|
+//! | `memory` | always on | `memory://` (process-wide store), `memory://NAME?ttl=15s` |
+//! | `etcd` | `etcd` | `etcd://127.0.0.1:2379/microservices?ttl=15s` |
+//! | `consul` | `consul` | `consul://127.0.0.1:8500?ttl=10s` |
+//! | `zk` | `zookeeper` | `zk://127.0.0.1:2181/microservices?session_timeout=10s` |
+//! | `nacos` | `nacos` | `nacos://127.0.0.1:8848?namespace=public` |
+//!
+//! `full` enables every backend. [`connect`] answers a scheme whose feature is off with
+//! [`Error::FeatureDisabled`], naming the feature, and an unknown scheme with
+//! [`Error::UnknownScheme`], listing the schemes compiled in.
+
+use std::sync::Arc;
+
+use futures::future::BoxFuture;
+
+pub use registry_core::*;
+
+/// The environment variable [`connect_from_env`] reads.
+pub const REGISTRY_URL_ENV: &str = "REGISTRY_URL";
+
+/// The URL [`connect_from_env`] uses when [`REGISTRY_URL_ENV`] is not set.
+pub const DEFAULT_URL: &str = "memory://";
+
+type ConnectFn = fn(Url) -> BoxFuture<'static, Result<Arc<dyn Registry>>>;
+
+enum Status {
+    /// Compiled in.
+    Ready(ConnectFn),
+    /// Known, but its feature is off in this build.
+    FeatureOff,
+    /// Feature on, backend not written yet.
+    NotYet,
+}
+
+struct Backend {
+    scheme: &'static str,
+    feature: &'static str,
+    status: Status,
+}
+
+/// Every scheme the toolkit knows. A new backend is one line here (and its feature).
+fn backends() -> [Backend; 5] {
+    [
+        Backend {
+            scheme: memory::SCHEME,
+            feature: "(always on)",
+            status: Status::Ready(|url| {
+                Box::pin(async move {
+                    let registry = MemoryRegistry::from_url(&url)?;
+                    Ok(Arc::new(Checked::new(registry)) as Arc<dyn Registry>)
+                })
+            }),
+        },
+        planned("etcd", "etcd", cfg!(feature = "etcd")),
+        planned("consul", "consul", cfg!(feature = "consul")),
+        planned("zk", "zookeeper", cfg!(feature = "zookeeper")),
+        planned("nacos", "nacos", cfg!(feature = "nacos")),
+    ]
+}
+
+fn planned(scheme: &'static str, feature: &'static str, enabled: bool) -> Backend {
+    Backend {
+        scheme,
+        feature,
+        status: if enabled {
+            Status::NotYet
+        } else {
+            Status::FeatureOff
+        },
+    }
+}
+
+/// The schemes this build can connect to.
+pub fn schemes() -> Vec<&'static str> {
+    backends()
+        .into_iter()
+        .filter(|b| matches!(b.status, Status::Ready(_)))
+        .map(|b| b.scheme)
+        .collect()
+}
+
+/// Connects to the registry a URL names, such as `memory://` or
+/// `etcd://127.0.0.1:2379/microservices?ttl=10s`.
+///
+/// The registry returned refuses calls its backend does not support with
+/// [`Error::Unsupported`] (see [`Registry::capabilities`]).
+pub async fn connect(url: &str) -> Result<Arc<dyn Registry>> {
+    let parsed = Url::parse(url).map_err(|e| {
+        // The text may hold a password: show at most a plausible scheme.
+        let shown = match url.split_once("://") {
+            Some((scheme, _))
+                if !scheme.is_empty()
+                    && scheme
+                        .chars()
+                        .all(|c| c.is_ascii_alphanumeric() || "+-.".contains(c)) =>
+            {
+                format!("{scheme}://…")
+            }
+            _ => "(not shown)".to_owned(),
+        };
+        Error::invalid_url(shown, format!("not a URL: {e}"))
+    })?;
+    let scheme = parsed.scheme();
+    let Some(backend) = backends().into_iter().find(|b| b.scheme == scheme) else {
+        return Err(Error::UnknownScheme {
+            scheme: scheme.to_owned(),
+            available: schemes(),
+        });
+    };
+    match backend.status {
+        Status::Ready(connect) => connect(parsed).await,
+        Status::FeatureOff => Err(Error::FeatureDisabled {
+            scheme: scheme.to_owned(),
+            feature: backend.feature,
+        }),
+        Status::NotYet => Err(Error::Unsupported {
+            backend: backend.scheme,
+            operation: "connect (this backend is not implemented yet)",
+        }),
+    }
+}
+
+/// Connects to the registry named by the `REGISTRY_URL` environment variable, or to
+/// [`DEFAULT_URL`] (`memory://`) when it is not set.
+pub async fn connect_from_env() -> Result<Arc<dyn Registry>> {
+    match std::env::var(REGISTRY_URL_ENV) {
+        Ok(url) if !url.is_empty() => connect(&url).await,
+        _ => connect(DEFAULT_URL).await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn memory_is_always_compiled_in() {
+        assert!(schemes().contains(&"memory"));
+        let registry = connect("memory://facade-test?ttl=5s").await.unwrap();
+        assert_eq!(registry.scheme(), "memory");
+    }
+
+    #[tokio::test]
+    async fn unknown_scheme_lists_what_is_compiled_in() {
+        let err = connect("redis://127.0.0.1:6379").await.unwrap_err();
+        assert!(matches!(err, Error::UnknownScheme { .. }), "{err}");
+        assert!(err.to_string().contains("memory"), "{err}");
+    }
+
+    #[cfg(not(feature = "etcd"))]
+    #[tokio::test]
+    async fn a_known_scheme_without_its_feature_names_the_feature() {
+        let err = connect("etcd://127.0.0.1:2379").await.unwrap_err();
+        assert!(
+            matches!(
+                err,
+                Error::FeatureDisabled {
+                    feature: "etcd",
+                    ..
+                }
+            ),
+            "{err}"
+        );
+        assert!(err.to_string().contains("`etcd` feature"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn bad_urls_are_typed_errors_without_secrets() {
+        let err = connect("memory://x?ttl=soon").await.unwrap_err();
+        assert!(matches!(err, Error::InvalidUrl { .. }), "{err}");
+        let err = connect("memory://x?bogus=1").await.unwrap_err();
+        assert!(err.to_string().contains("bogus"), "{err}");
+        let err = connect("not a url, password hunter2").await.unwrap_err();
+        assert!(matches!(err, Error::InvalidUrl { .. }), "{err}");
+        assert!(!err.to_string().contains("hunter2"), "{err}");
+    }
+}
