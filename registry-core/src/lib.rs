@@ -58,3 +58,8 @@ pub use watch::{Publisher, WatchHub, Watcher};
 
 /// Re-exported so that backends and users name the same `Url` type.
 pub use url::Url;
+
+/// The examples of the README, compiled as doc tests.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;

@@ -201,3 +201,9 @@ mod tests {
         assert!(!err.to_string().contains("hunter2"), "{err}");
     }
 }
+
+/// The examples of this crate's README and of the project README, compiled as doc tests.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+#[doc = include_str!("../../README.md")]
+struct ReadmeDoctests;
