@@ -1,6 +1,7 @@
 //! The cases. Each asserts what a user of a registry relies on; waits poll a condition under
 //! a deadline, and no fixed sleep decides a result.
 
+use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::sync::Arc;
 use std::time::Duration;
@@ -307,22 +308,18 @@ pub async fn keep_alive(ctx: Arc<Ctx>) {
     owner.deregister(&instance).await.expect("deregister");
 }
 
-/// An owner process from the `registry-owner` helper.
-struct Owner {
+/// An owner process of the `registry-owner` helper: it registers one instance through a URL
+/// and holds it until told to deregister, until its stdin closes, or until it is killed.
+pub struct OwnerProcess {
     child: Child,
     lines: tokio::io::Lines<BufReader<tokio::process::ChildStdout>>,
 }
 
-impl Owner {
-    async fn spawn(ctx: &Ctx, instance: &ServiceInstance) -> Owner {
-        let bin = ctx.target.owner_bin.clone().unwrap_or_else(|| {
-            panic!(
-                "the {} backend is cross-process: the crash case needs Target::owner_bin",
-                ctx.target.backend
-            )
-        });
-        let mut child = Command::new(&bin)
-            .arg(ctx.short_ttl_url())
+impl OwnerProcess {
+    /// Starts `bin URL INSTANCE_JSON` and waits until it reports the instance registered.
+    pub async fn spawn(bin: &Path, url: &str, instance: &ServiceInstance) -> OwnerProcess {
+        let mut child = Command::new(bin)
+            .arg(url)
             .arg(instance.to_json())
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
@@ -330,12 +327,29 @@ impl Owner {
             .spawn()
             .unwrap_or_else(|e| panic!("spawn {}: {e}", bin.display()));
         let stdout = child.stdout.take().expect("piped stdout");
-        let mut owner = Owner {
+        let mut owner = OwnerProcess {
             child,
             lines: BufReader::new(stdout).lines(),
         };
         owner.expect_line("registered").await;
         owner
+    }
+
+    /// Tells the owner to deregister, and waits until it has.
+    pub async fn deregister(&mut self) {
+        let stdin = self.child.stdin.as_mut().expect("piped stdin");
+        stdin
+            .write_all(b"deregister\n")
+            .await
+            .expect("write to owner");
+        stdin.flush().await.expect("flush owner stdin");
+        self.expect_line("deregistered").await;
+    }
+
+    /// Kills the owner with SIGKILL (no chance to clean up) and reaps it.
+    pub async fn kill(mut self) {
+        self.child.start_kill().expect("SIGKILL the owner");
+        self.child.wait().await.expect("reap the owner");
     }
 
     async fn expect_line(&mut self, want: &str) {
@@ -345,15 +359,15 @@ impl Owner {
             other => panic!("owner process: expected {want:?}, got {other:?}"),
         }
     }
+}
 
-    async fn command(&mut self, command: &str) {
-        let stdin = self.child.stdin.as_mut().expect("piped stdin");
-        stdin
-            .write_all(format!("{command}\n").as_bytes())
-            .await
-            .expect("write to owner");
-        stdin.flush().await.expect("flush owner stdin");
-    }
+fn owner_bin(ctx: &Ctx) -> PathBuf {
+    ctx.target.owner_bin.clone().unwrap_or_else(|| {
+        panic!(
+            "the {} backend is cross-process: its crash case needs Target::owner_bin",
+            ctx.target.backend
+        )
+    })
 }
 
 /// 8. Crash expiry: an owner killed without deregistering leaves `get_service` and every
@@ -373,7 +387,7 @@ pub async fn crash_expiry(ctx: Arc<Ctx>) {
         .is_empty());
 
     let owner = if ctx.caps.cross_process {
-        Some(Owner::spawn(&ctx, &instance).await)
+        Some(OwnerProcess::spawn(&owner_bin(&ctx), &ctx.short_ttl_url(), &instance).await)
     } else {
         let owner = registry::connect(&ctx.short_ttl_url())
             .await
@@ -386,9 +400,8 @@ pub async fn crash_expiry(ctx: Arc<Ctx>) {
     assert_eq!(listed, vec![instance.clone()]);
 
     let killed_at = tokio::time::Instant::now();
-    if let Some(mut owner) = owner {
-        owner.child.start_kill().expect("SIGKILL the owner"); // SIGKILL on Unix
-        owner.child.wait().await.expect("reap the owner");
+    if let Some(owner) = owner {
+        owner.kill().await;
     }
     let limit = ctx.target.short_ttl + ctx.caps.expiry_slack;
     let gone = next_within(
@@ -417,13 +430,13 @@ pub async fn graceful_deregister_is_prompt(ctx: Arc<Ctx>) {
     let instance = ctx.instance(&service, "leaving");
     ctx.remember(&instance);
     if ctx.caps.cross_process {
-        let mut owner = Owner::spawn(&ctx, &instance).await;
+        let mut owner =
+            OwnerProcess::spawn(&owner_bin(&ctx), &ctx.short_ttl_url(), &instance).await;
         ctx.list_until(&service, ctx.deadline(), "owner's instance listed", |l| {
             l.len() == 1
         })
         .await;
-        owner.command("deregister").await;
-        owner.expect_line("deregistered").await;
+        owner.deregister().await;
     } else {
         let owner = registry::connect(&ctx.short_ttl_url())
             .await

@@ -79,3 +79,78 @@ impl<R: Registry> Registry for Checked<R> {
         self.inner.list_services().await
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::MemoryRegistry;
+
+    /// A read-only registry: lists, nothing else.
+    #[derive(Debug, Default)]
+    struct ReadOnly(MemoryRegistry);
+
+    #[async_trait]
+    impl Registrar for ReadOnly {
+        async fn register(&self, instance: &ServiceInstance) -> Result<()> {
+            self.0.register(instance).await
+        }
+        async fn deregister(&self, instance: &ServiceInstance) -> Result<()> {
+            self.0.deregister(instance).await
+        }
+    }
+
+    #[async_trait]
+    impl Discovery for ReadOnly {
+        async fn get_service(&self, name: &str) -> Result<Vec<ServiceInstance>> {
+            self.0.get_service(name).await
+        }
+        async fn watch(&self, name: &str) -> Result<Watcher> {
+            self.0.watch(name).await
+        }
+    }
+
+    #[async_trait]
+    impl Registry for ReadOnly {
+        fn scheme(&self) -> &'static str {
+            "readonly"
+        }
+        fn capabilities(&self) -> Capabilities {
+            Capabilities::default()
+        }
+    }
+
+    #[tokio::test]
+    async fn undeclared_calls_are_unsupported_and_reach_nothing() {
+        let checked = Checked::new(ReadOnly::default());
+        let instance = ServiceInstance::builder("1", "svc")
+            .endpoint("http://127.0.0.1:1")
+            .build()
+            .unwrap();
+        for err in [
+            checked.register(&instance).await.unwrap_err(),
+            checked.deregister(&instance).await.unwrap_err(),
+            checked.watch("svc").await.unwrap_err(),
+            checked.list_services().await.unwrap_err(),
+        ] {
+            assert!(
+                matches!(
+                    err,
+                    Error::Unsupported {
+                        backend: "readonly",
+                        ..
+                    }
+                ),
+                "{err}"
+            );
+            assert!(!err.is_temporary());
+        }
+        assert!(checked
+            .inner()
+            .0
+            .get_service("svc")
+            .await
+            .unwrap()
+            .is_empty());
+        assert!(checked.get_service("svc").await.unwrap().is_empty());
+    }
+}

@@ -302,3 +302,75 @@ impl Registry for MemoryRegistry {
         Ok(self.store.state().services.keys().cloned().collect())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn instance(id: &str) -> ServiceInstance {
+        ServiceInstance::builder(id, "svc")
+            .endpoint("http://127.0.0.1:8000")
+            .build()
+            .unwrap()
+    }
+
+    fn ids(list: Vec<ServiceInstance>) -> Vec<String> {
+        list.into_iter().map(|i| i.id).collect()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_dropped_owner_expires_after_its_ttl_and_only_its_own() {
+        let observer = MemoryRegistry::named("memory-unit-owner", Duration::from_secs(5));
+        let owner = observer.clone();
+        owner.register(&instance("owned")).await.unwrap();
+        observer.register(&instance("kept")).await.unwrap();
+        let mut watcher = observer.watch("svc").await.unwrap();
+        assert_eq!(ids(watcher.next().await.unwrap()), ["kept", "owned"]);
+
+        drop(owner);
+        tokio::time::advance(Duration::from_millis(4900)).await;
+        assert_eq!(
+            ids(observer.get_service("svc").await.unwrap()),
+            ["kept", "owned"]
+        );
+        // The watcher hears of the expiry on time, without anyone reading.
+        let list = tokio::time::timeout(Duration::from_secs(1), watcher.next())
+            .await
+            .expect("expiry reaches the watcher")
+            .unwrap();
+        assert_eq!(ids(list), ["kept"]);
+    }
+
+    #[tokio::test]
+    async fn named_stores_are_shared_and_private_stores_are_not() {
+        let url = Url::parse("memory://memory-unit-shared?ttl=3s").unwrap();
+        let a = MemoryRegistry::from_url(&url).unwrap();
+        let b = MemoryRegistry::from_url(&url).unwrap();
+        assert_eq!(a.ttl(), Duration::from_secs(3));
+        a.register(&instance("1")).await.unwrap();
+        assert_eq!(ids(b.get_service("svc").await.unwrap()), ["1"]);
+        // Anyone may deregister; deregistering twice is fine.
+        b.deregister(&instance("1")).await.unwrap();
+        b.deregister(&instance("1")).await.unwrap();
+        assert!(a.get_service("svc").await.unwrap().is_empty());
+
+        let private = MemoryRegistry::new();
+        private.register(&instance("2")).await.unwrap();
+        assert!(a.get_service("svc").await.unwrap().is_empty());
+        assert_eq!(private.list_services().await.unwrap(), ["svc"]);
+    }
+
+    #[test]
+    fn bad_urls_are_refused() {
+        for bad in ["memory://x/path", "memory://x?ttl=0s", "memory://x?tll=1s"] {
+            let url = Url::parse(bad).unwrap();
+            assert!(
+                matches!(
+                    MemoryRegistry::from_url(&url),
+                    Err(Error::InvalidUrl { .. })
+                ),
+                "{bad}"
+            );
+        }
+    }
+}

@@ -338,3 +338,170 @@ fn remove_if_ours(
         upstreams.remove(name);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::time::Duration;
+
+    use super::*;
+
+    fn instance(id: &str) -> ServiceInstance {
+        ServiceInstance {
+            id: id.into(),
+            name: "svc".into(),
+            ..Default::default()
+        }
+    }
+
+    async fn eventually(what: &str, check: impl Fn() -> bool) {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        while !check() {
+            assert!(tokio::time::Instant::now() < deadline, "{what}");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    /// An upstream that publishes what it is sent, counting how often it was started.
+    fn upstream(
+        starts: Arc<AtomicUsize>,
+        mut feed: tokio::sync::mpsc::UnboundedReceiver<Vec<ServiceInstance>>,
+    ) -> impl FnOnce(Publisher) -> futures::future::BoxFuture<'static, ()> {
+        move |publisher| {
+            starts.fetch_add(1, Ordering::SeqCst);
+            Box::pin(async move {
+                publisher.publish(vec![]);
+                while let Some(list) = feed.recv().await {
+                    publisher.publish(list);
+                }
+            })
+        }
+    }
+
+    #[tokio::test]
+    async fn watchers_of_one_service_share_one_upstream_until_the_last_goes() {
+        let hub = WatchHub::new();
+        let starts = Arc::new(AtomicUsize::new(0));
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        let mut first = hub
+            .watch("svc", upstream(starts.clone(), rx))
+            .await
+            .unwrap();
+        let (_unused, rx2) = tokio::sync::mpsc::unbounded_channel();
+        let mut second = hub
+            .watch("svc", upstream(starts.clone(), rx2))
+            .await
+            .unwrap();
+        assert_eq!(starts.load(Ordering::SeqCst), 1, "one upstream for both");
+        assert_eq!(hub.upstreams(), 1);
+
+        assert!(first.next().await.unwrap().is_empty());
+        assert!(second.next().await.unwrap().is_empty());
+        tx.send(vec![instance("b"), instance("a")]).unwrap();
+        let ids = |l: Vec<ServiceInstance>| l.into_iter().map(|i| i.id).collect::<Vec<_>>();
+        assert_eq!(ids(first.next().await.unwrap()), ["a", "b"], "sorted by id");
+        assert_eq!(ids(second.next().await.unwrap()), ["a", "b"]);
+
+        first.stop();
+        assert_eq!(hub.upstreams(), 1, "still one watcher left");
+        drop(second);
+        eventually("upstream stops after the last watcher", || {
+            hub.upstreams() == 0
+        })
+        .await;
+        assert!(tx.is_closed(), "the upstream future was dropped");
+    }
+
+    #[tokio::test]
+    async fn an_equal_list_wakes_nobody_and_a_slow_watcher_gets_the_newest() {
+        let hub = WatchHub::new();
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        let mut w = hub
+            .watch("svc", upstream(Arc::default(), rx))
+            .await
+            .unwrap();
+        assert!(w.next().await.unwrap().is_empty());
+        tx.send(vec![]).unwrap(); // no change
+        tx.send(vec![instance("a")]).unwrap();
+        tx.send(vec![instance("a"), instance("b")]).unwrap();
+        let deadline = Duration::from_secs(5);
+        let mut last = Vec::new();
+        while last.len() < 2 {
+            last = tokio::time::timeout(deadline, w.next())
+                .await
+                .unwrap()
+                .unwrap();
+            assert!(
+                !last.is_empty(),
+                "the unchanged empty list must not be delivered again"
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn the_first_error_fails_watch_and_later_errors_keep_the_list() {
+        let hub = WatchHub::new();
+        let err = hub
+            .watch("svc", |publisher| async move {
+                publisher.report_error(Error::Unavailable {
+                    message: "down".into(),
+                    source: None,
+                });
+                std::future::pending::<()>().await
+            })
+            .await
+            .unwrap_err();
+        assert!(err.is_temporary(), "{err}");
+        eventually("a failed watch leaves no upstream", || hub.upstreams() == 0).await;
+
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel::<Vec<ServiceInstance>>();
+        let mut w = hub
+            .watch("svc", move |publisher| {
+                let p = publisher.clone();
+                let mut rx = rx;
+                async move {
+                    p.publish(vec![instance("a")]);
+                    rx.recv().await;
+                    p.report_error(Error::Closed);
+                    rx.recv().await;
+                    p.publish(vec![instance("a")]);
+                    std::future::pending::<()>().await
+                }
+            })
+            .await
+            .unwrap();
+        assert_eq!(w.next().await.unwrap().len(), 1);
+        tx.send(vec![]).unwrap();
+        eventually("error visible", || w.last_error().is_some()).await;
+        tx.send(vec![]).unwrap();
+        eventually("error cleared by the next publish", || {
+            w.last_error().is_none()
+        })
+        .await;
+    }
+
+    #[tokio::test]
+    async fn an_ended_upstream_or_a_shutdown_closes_its_watchers() {
+        let hub = WatchHub::new();
+        let mut w = hub
+            .watch("svc", |p| async move {
+                p.publish(vec![]);
+            })
+            .await
+            .unwrap();
+        assert!(w.next().await.unwrap().is_empty());
+        assert!(matches!(w.next().await, Err(Error::Closed)));
+
+        let mut w = hub
+            .watch("other", |p| async move {
+                p.publish(vec![]);
+                std::future::pending::<()>().await
+            })
+            .await
+            .unwrap();
+        assert!(w.next().await.unwrap().is_empty());
+        hub.shutdown();
+        assert!(matches!(w.next().await, Err(Error::Closed)));
+        assert_eq!(hub.upstreams(), 0);
+    }
+}

@@ -167,6 +167,34 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn the_registry_splits_into_registrar_and_discovery_and_watches_as_a_stream() {
+        use futures::StreamExt;
+        let registry = connect("memory://facade-split").await.unwrap();
+        let registrar: Arc<dyn Registrar> = registry.clone();
+        let discovery: Arc<dyn Discovery> = registry;
+        let mut stream = discovery.watch("split").await.unwrap();
+        assert!(StreamExt::next(&mut stream)
+            .await
+            .unwrap()
+            .unwrap()
+            .is_empty());
+        let me = ServiceInstance::builder("1", "split")
+            .endpoint("http://127.0.0.1:1")
+            .build()
+            .unwrap();
+        registrar.register(&me).await.unwrap();
+        assert_eq!(
+            StreamExt::next(&mut stream).await.unwrap().unwrap(),
+            vec![me]
+        );
+        stream.stop();
+        assert!(
+            StreamExt::next(&mut stream).await.is_none(),
+            "a stopped watcher's stream ends"
+        );
+    }
+
+    #[tokio::test]
     async fn unknown_scheme_lists_what_is_compiled_in() {
         let err = connect("redis://127.0.0.1:6379").await.unwrap_err();
         assert!(matches!(err, Error::UnknownScheme { .. }), "{err}");
