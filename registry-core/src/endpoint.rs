@@ -31,21 +31,33 @@ pub struct Endpoint {
 }
 
 impl Endpoint {
-    /// Parses and checks an endpoint: it must be a URL with a scheme, a host and a port (the
-    /// port may be left out only where the scheme has a well-known one, such as `http`).
+    /// Parses and checks an endpoint: a URL with a scheme and an explicit `host:port`.
     pub fn parse(raw: &str) -> Result<Self> {
         let bad = |reason: &str| Error::invalid("endpoint", raw, reason);
         let url = Url::parse(raw).map_err(|e| bad(&format!("not a URL: {e}")))?;
+        if !url.username().is_empty() || url.password().is_some() {
+            return Err(Error::invalid(
+                "endpoint",
+                crate::redact(&url),
+                "must not carry credentials",
+            ));
+        }
         let host = url.host_str().unwrap_or_default();
         if host.is_empty() {
             return Err(bad("has no host (expected scheme://host:port)"));
         }
-        let port = url
-            .port_or_known_default()
+        // `url` hides a port equal to the scheme's default (`http://h:80`), so read the port
+        // from the text of the authority.
+        let authority = raw
+            .split_once("://")
+            .map_or("", |(_, rest)| rest)
+            .split(['/', '?', '#'])
+            .next()
+            .unwrap_or_default();
+        let port = authority
+            .rsplit_once(':')
+            .and_then(|(_, port)| port.parse::<u16>().ok())
             .ok_or_else(|| bad("has no port (expected scheme://host:port)"))?;
-        if !url.username().is_empty() || url.password().is_some() {
-            return Err(bad("must not carry credentials"));
-        }
         Ok(Endpoint {
             raw: raw.to_owned(),
             url,
@@ -148,7 +160,7 @@ mod tests {
         assert_eq!(ep.host(), "::1");
         assert_eq!(ep.authority(), "[::1]:9000");
 
-        let ep = Endpoint::parse("http://example.com").unwrap();
+        let ep = Endpoint::parse("http://example.com:80").unwrap();
         assert_eq!(ep.port(), 80);
     }
 
@@ -161,6 +173,8 @@ mod tests {
             "grpc://:9000",
             "not a url",
             "grpc:///path",
+            "http://example.com",
+            "grpc://[::1]",
             "http://user:pw@host:80",
         ] {
             let err = Endpoint::parse(bad).expect_err(bad);
@@ -174,6 +188,7 @@ mod tests {
                 ),
                 "{bad}: {err}"
             );
+            assert!(!err.to_string().contains("pw@"), "{err}");
         }
     }
 }

@@ -6,12 +6,13 @@
 //!
 //! Each handle is one owner, like a client session of a real registry: a registration belongs
 //! to the handle that made it, and when that handle is dropped without deregistering, its
-//! registrations expire after the handle's TTL. Cloning a handle shares the store but makes a
-//! new owner.
+//! registrations expire after the handle's TTL, also when no other handle is left (dropped
+//! outside a Tokio runtime, they are purged at the next read instead of on a timer). Cloning
+//! a handle shares the store but makes a new owner.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, LazyLock, Mutex, MutexGuard, Weak};
+use std::sync::{Arc, LazyLock, Mutex, MutexGuard};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -31,7 +32,9 @@ pub const SCHEME: &str = "memory";
 /// How long a registration outlives its dropped owner when no `ttl` is given.
 pub const DEFAULT_TTL: Duration = Duration::from_secs(15);
 
-static STORES: LazyLock<Mutex<HashMap<String, Weak<Store>>>> = LazyLock::new(Default::default);
+/// The named stores. A store stays while a handle uses it or it holds a registration, so an
+/// orphaned registration outlives its last handle until its TTL runs out.
+static STORES: LazyLock<Mutex<HashMap<String, Arc<Store>>>> = LazyLock::new(Default::default);
 static NEXT_OWNER: AtomicU64 = AtomicU64::new(1);
 
 #[derive(Debug)]
@@ -81,13 +84,12 @@ impl Store {
 
     fn named(name: &str) -> Arc<Store> {
         let mut stores = STORES.lock().unwrap_or_else(|p| p.into_inner());
-        stores.retain(|_, weak| weak.strong_count() > 0);
-        if let Some(store) = stores.get(name).and_then(Weak::upgrade) {
-            return store;
-        }
-        let store = Arc::new(Store::new());
-        stores.insert(name.to_owned(), Arc::downgrade(&store));
-        store
+        stores
+            .retain(|_, store| Arc::strong_count(store) > 1 || !store.state().services.is_empty());
+        stores
+            .entry(name.to_owned())
+            .or_insert_with(|| Arc::new(Store::new()))
+            .clone()
     }
 
     /// The state with expired entries purged (watchers are told when something expired).
@@ -192,7 +194,10 @@ impl Clone for MemoryRegistry {
 
 impl Drop for MemoryRegistry {
     fn drop(&mut self) {
-        let deadline = Instant::now() + self.ttl;
+        // A TTL too long to add to the clock never expires.
+        let Some(deadline) = Instant::now().checked_add(self.ttl) else {
+            return;
+        };
         let mut orphaned = false;
         {
             let mut state = self.store.state.lock().unwrap_or_else(|p| p.into_inner());
@@ -203,7 +208,7 @@ impl Drop for MemoryRegistry {
                 }
             }
         }
-        // Reads purge lazily; a timer also tells watchers right on time.
+        // Reads purge lazily; inside a Tokio runtime a timer also tells watchers on time.
         if let (true, Ok(runtime)) = (orphaned, tokio::runtime::Handle::try_current()) {
             let store = Arc::downgrade(&self.store);
             runtime.spawn(async move {
@@ -293,7 +298,7 @@ impl Registry for MemoryRegistry {
             list_services: true,
             ttl_expiry: true,
             cross_process: false,
-            expiry_slack: Duration::from_millis(200),
+            expiry_slack: Duration::from_millis(500),
             min_ttl: Duration::from_millis(1),
         }
     }
@@ -358,6 +363,27 @@ mod tests {
         private.register(&instance("2")).await.unwrap();
         assert!(a.get_service("svc").await.unwrap().is_empty());
         assert_eq!(private.list_services().await.unwrap(), ["svc"]);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_orphaned_registration_outlives_every_handle_until_its_ttl() {
+        let url = Url::parse("memory://memory-unit-orphan?ttl=2s").unwrap();
+        let owner = MemoryRegistry::from_url(&url).unwrap();
+        owner.register(&instance("orphan")).await.unwrap();
+        drop(owner);
+        let later = MemoryRegistry::from_url(&url).unwrap();
+        assert_eq!(ids(later.get_service("svc").await.unwrap()), ["orphan"]);
+        tokio::time::advance(Duration::from_secs(2)).await;
+        assert!(later.get_service("svc").await.unwrap().is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_ttl_beyond_the_clock_never_expires_and_never_panics() {
+        let registry = MemoryRegistry::named("memory-unit-forever", Duration::MAX);
+        let observer = registry.clone();
+        registry.register(&instance("forever")).await.unwrap();
+        drop(registry);
+        assert_eq!(ids(observer.get_service("svc").await.unwrap()), ["forever"]);
     }
 
     #[test]

@@ -205,7 +205,8 @@ impl fmt::Debug for Publisher {
 
 struct Upstream {
     tx: Arc<watch::Sender<Snapshot>>,
-    task: AbortHandle,
+    /// Set right after the task is spawned (outside the lock).
+    task: Option<AbortHandle>,
 }
 
 type Upstreams = Mutex<HashMap<String, Upstream>>;
@@ -229,36 +230,53 @@ impl WatchHub {
     /// the service's [`Publisher`] and the future it returns is spawned as the upstream task;
     /// it must publish the current list, then each change, until it is dropped.
     ///
-    /// Returns once the first list is known, or fails with the upstream's first error.
+    /// Returns once the first list is known, or fails with the upstream's first error. Must
+    /// be called within a Tokio runtime (the upstream is a Tokio task).
     pub async fn watch<F, Fut>(&self, name: &str, start: F) -> Result<Watcher>
     where
         F: FnOnce(Publisher) -> Fut,
         Fut: Future<Output = ()> + Send + 'static,
     {
-        let mut rx = {
+        let runtime = tokio::runtime::Handle::try_current().map_err(|_| Error::Backend {
+            backend: "watch",
+            message: "a watch needs a Tokio runtime".into(),
+            temporary: false,
+            source: None,
+        })?;
+        let (mut rx, new_tx) = {
             let mut upstreams = lock(&self.upstreams);
             match upstreams.get(name) {
-                Some(upstream) => upstream.tx.subscribe(),
+                Some(upstream) => (upstream.tx.subscribe(), None),
                 None => {
                     let (tx, rx) = watch::channel(Snapshot::default());
                     let tx = Arc::new(tx);
-                    let publisher = Publisher {
-                        name: name.into(),
+                    let upstream = Upstream {
                         tx: tx.clone(),
+                        task: None,
                     };
-                    let upstream = start(publisher);
-                    let task = tokio::spawn(drive(
-                        Arc::downgrade(&self.upstreams),
-                        name.to_owned(),
-                        tx.clone(),
-                        upstream,
-                    ));
-                    let task = task.abort_handle();
-                    upstreams.insert(name.to_owned(), Upstream { tx, task });
-                    rx
+                    upstreams.insert(name.to_owned(), upstream);
+                    (rx, Some(tx))
                 }
             }
         };
+        if let Some(tx) = new_tx {
+            // Started outside the lock: `start` may use the hub itself.
+            let publisher = Publisher {
+                name: name.into(),
+                tx: tx.clone(),
+            };
+            let upstream = start(publisher);
+            let hub = Arc::downgrade(&self.upstreams);
+            let task = runtime.spawn(drive(hub, name.to_owned(), tx.clone(), upstream));
+            let mut upstreams = lock(&self.upstreams);
+            match upstreams.get_mut(name) {
+                Some(entry) if Arc::ptr_eq(&entry.tx, &tx) => {
+                    entry.task = Some(task.abort_handle())
+                }
+                // Shut down meanwhile.
+                _ => task.abort(),
+            }
+        }
         let first = rx
             .wait_for(|s| s.instances.is_some() || s.error.is_some())
             .await
@@ -278,7 +296,9 @@ impl WatchHub {
     /// Stops every upstream task; their watchers' `next()` then fails with [`Error::Closed`].
     pub fn shutdown(&self) {
         for (_, upstream) in lock(&self.upstreams).drain() {
-            upstream.task.abort();
+            if let Some(task) = upstream.task {
+                task.abort();
+            }
         }
     }
 }

@@ -1,7 +1,22 @@
 //! The ZooKeeper backend of the service registry toolkit (`zk://`).
 //!
 //! Not implemented yet: this crate holds its place in the workspace layout. The facade's
-//! `connect("zk://...")` answers with [`registry_core::Error::Unsupported`] until it lands.
+//! `connect("zk://...")` answers with [`Error::Unsupported`] until it lands.
 
 /// The URL scheme this backend will serve.
 pub const SCHEME: &str = "zk";
+
+use std::sync::Arc;
+
+use registry_core::{Error, Registry, Result, Url};
+
+/// Connects to the registry `url` names; the facade's `connect` calls this for `zk://`.
+///
+/// Until this backend lands it answers [`Error::Unsupported`].
+pub async fn connect(url: Url) -> Result<Arc<dyn Registry>> {
+    let _ = url;
+    Err(Error::Unsupported {
+        backend: SCHEME,
+        operation: "connect (this backend is not implemented yet)",
+    })
+}

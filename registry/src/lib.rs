@@ -49,58 +49,53 @@ pub const DEFAULT_URL: &str = "memory://";
 
 type ConnectFn = fn(Url) -> BoxFuture<'static, Result<Arc<dyn Registry>>>;
 
-enum Status {
-    /// Compiled in.
-    Ready(ConnectFn),
-    /// Known, but its feature is off in this build.
-    FeatureOff,
-    /// Feature on, backend not written yet.
-    NotYet,
-}
-
 struct Backend {
     scheme: &'static str,
     feature: &'static str,
-    status: Status,
+    /// `None` when the backend's feature is off in this build.
+    connect: Option<ConnectFn>,
 }
 
-/// Every scheme the toolkit knows. A new backend is one line here (and its feature).
+/// A backend crate's entry, with its `connect` when its feature is on.
+macro_rules! backend {
+    ($scheme:literal, $feature:literal, $krate:ident) => {{
+        #[cfg(feature = $feature)]
+        let connect: Option<ConnectFn> = Some(|url| Box::pin($krate::connect(url)));
+        #[cfg(not(feature = $feature))]
+        let connect: Option<ConnectFn> = None;
+        Backend {
+            scheme: $scheme,
+            feature: $feature,
+            connect,
+        }
+    }};
+}
+
+/// Every scheme the toolkit knows, one line each.
 fn backends() -> [Backend; 5] {
     [
         Backend {
             scheme: memory::SCHEME,
             feature: "(always on)",
-            status: Status::Ready(|url| {
+            connect: Some(|url| {
                 Box::pin(async move {
                     let registry = MemoryRegistry::from_url(&url)?;
                     Ok(Arc::new(Checked::new(registry)) as Arc<dyn Registry>)
                 })
             }),
         },
-        planned("etcd", "etcd", cfg!(feature = "etcd")),
-        planned("consul", "consul", cfg!(feature = "consul")),
-        planned("zk", "zookeeper", cfg!(feature = "zookeeper")),
-        planned("nacos", "nacos", cfg!(feature = "nacos")),
+        backend!("etcd", "etcd", registry_etcd),
+        backend!("consul", "consul", registry_consul),
+        backend!("zk", "zookeeper", registry_zookeeper),
+        backend!("nacos", "nacos", registry_nacos),
     ]
-}
-
-fn planned(scheme: &'static str, feature: &'static str, enabled: bool) -> Backend {
-    Backend {
-        scheme,
-        feature,
-        status: if enabled {
-            Status::NotYet
-        } else {
-            Status::FeatureOff
-        },
-    }
 }
 
 /// The schemes this build can connect to.
 pub fn schemes() -> Vec<&'static str> {
     backends()
         .into_iter()
-        .filter(|b| matches!(b.status, Status::Ready(_)))
+        .filter(|b| b.connect.is_some())
         .map(|b| b.scheme)
         .collect()
 }
@@ -109,7 +104,8 @@ pub fn schemes() -> Vec<&'static str> {
 /// `etcd://127.0.0.1:2379/microservices?ttl=10s`.
 ///
 /// The registry returned refuses calls its backend does not support with
-/// [`Error::Unsupported`] (see [`Registry::capabilities`]).
+/// [`Error::Unsupported`] (see [`Registry::capabilities`]): every backend's `connect` wraps
+/// it in [`Checked`].
 pub async fn connect(url: &str) -> Result<Arc<dyn Registry>> {
     let parsed = Url::parse(url).map_err(|e| {
         // The text may hold a password: show at most a plausible scheme.
@@ -133,15 +129,11 @@ pub async fn connect(url: &str) -> Result<Arc<dyn Registry>> {
             available: schemes(),
         });
     };
-    match backend.status {
-        Status::Ready(connect) => connect(parsed).await,
-        Status::FeatureOff => Err(Error::FeatureDisabled {
+    match backend.connect {
+        Some(connect) => connect(parsed).await,
+        None => Err(Error::FeatureDisabled {
             scheme: scheme.to_owned(),
             feature: backend.feature,
-        }),
-        Status::NotYet => Err(Error::Unsupported {
-            backend: backend.scheme,
-            operation: "connect (this backend is not implemented yet)",
         }),
     }
 }
