@@ -12,3 +12,11 @@ conformance_suite!(
     Target::new("memory", |run| format!("memory://conformance-{run}"))
         .short_ttl(Duration::from_secs(1))
 );
+
+#[cfg(feature = "etcd")]
+conformance_suite!(
+    etcd,
+    Target::new("etcd", |run| format!(
+        "etcd://127.0.0.1:2379/conformance-{run}"
+    ))
+);
