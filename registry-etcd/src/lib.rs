@@ -310,6 +310,17 @@ async fn write(
         .await
         .map_err(|e| map_err("lease grant", e))?
         .id();
+    put_under(client, key, instance, lease).await?;
+    Ok(lease)
+}
+
+/// Writes the instance under an existing lease.
+async fn put_under(
+    mut client: Client,
+    key: &str,
+    instance: &ServiceInstance,
+    lease: i64,
+) -> Result<()> {
     client
         .put(
             key,
@@ -318,7 +329,35 @@ async fn write(
         )
         .await
         .map_err(|e| map_err("put", e))?;
-    Ok(lease)
+    Ok(())
+}
+
+/// Exponential back-off with ±50 % jitter, capped; never gives up.
+struct Backoff {
+    next: Duration,
+    max: Duration,
+}
+
+impl Backoff {
+    const FIRST: Duration = Duration::from_millis(100);
+
+    fn new(max: Duration) -> Self {
+        Backoff {
+            next: Self::FIRST,
+            max,
+        }
+    }
+
+    /// The jittered delay to wait now; doubles the next one.
+    fn delay(&mut self) -> Duration {
+        let delay = self.next.mul_f64(rand::random_range(0.5..1.5));
+        self.next = (self.next * 2).min(self.max);
+        delay
+    }
+
+    fn reset(&mut self) {
+        self.next = Self::FIRST;
+    }
 }
 
 /// Keeps `lease` alive until it is lost; returns why.
@@ -357,7 +396,7 @@ async fn maintain(
         let why = keep_alive(&client, lease, ttl).await;
         tracing::warn!(%key, lease, %why, "etcd lease lost; registering again");
         let mut attempt = 0u32;
-        let mut backoff = Duration::from_millis(100);
+        let mut backoff = Backoff::new(Duration::from_secs(10));
         lease = loop {
             let instance = latest.borrow().clone();
             match write(&client, &key, &instance, ttl).await {
@@ -371,10 +410,9 @@ async fn maintain(
                         attempt,
                         last_error: e.to_string(),
                     });
-                    let jittered = backoff.mul_f64(rand::random_range(0.5..1.5));
-                    tracing::warn!(%key, attempt, error = %e, retry_in = ?jittered, "etcd re-registration failed");
-                    tokio::time::sleep(jittered).await;
-                    backoff = (backoff * 2).min(Duration::from_secs(10));
+                    let delay = backoff.delay();
+                    tracing::warn!(%key, attempt, error = %e, retry_in = ?delay, "etcd re-registration failed");
+                    tokio::time::sleep(delay).await;
                 }
             }
         };
@@ -397,16 +435,7 @@ impl Registrar for EtcdRegistry {
             })
         };
         if let Some(RegistrationState::Registered { lease }) = current {
-            let mut client = self.inner.client.clone();
-            client
-                .put(
-                    key,
-                    instance.to_json(),
-                    Some(PutOptions::new().with_lease(lease)),
-                )
-                .await
-                .map_err(|e| map_err("put", e))?;
-            return Ok(());
+            return put_under(self.inner.client.clone(), &key, instance, lease).await;
         }
         if current.is_some() {
             // Being re-registered: it will write the latest value.
@@ -496,14 +525,12 @@ async fn list(
 
 /// The upstream of one service's shared watch.
 async fn follow(client: Client, prefix: String, name: String, publisher: Publisher) {
-    let mut backoff = Duration::from_millis(100);
+    let mut backoff = Backoff::new(Duration::from_secs(5));
     loop {
         if let Err(e) = list_and_watch(&client, &prefix, &name, &publisher, &mut backoff).await {
             publisher.report_error(e);
         }
-        let jittered = backoff.mul_f64(rand::random_range(0.5..1.5));
-        tokio::time::sleep(jittered).await;
-        backoff = (backoff * 2).min(Duration::from_secs(5));
+        tokio::time::sleep(backoff.delay()).await;
     }
 }
 
@@ -514,11 +541,11 @@ async fn list_and_watch(
     prefix: &str,
     name: &str,
     publisher: &Publisher,
-    backoff: &mut Duration,
+    backoff: &mut Backoff,
 ) -> Result<()> {
     let (mut instances, revision) = list(client, prefix, name).await?;
     publisher.publish(instances.values().cloned().collect());
-    *backoff = Duration::from_millis(100);
+    backoff.reset();
     let mut client = client.clone();
     let options = WatchOptions::new()
         .with_prefix()
