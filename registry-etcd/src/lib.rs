@@ -195,15 +195,8 @@ struct Inner {
     registrations: Mutex<HashMap<String, Registration>>,
 }
 
-impl Drop for Inner {
-    fn drop(&mut self) {
-        // Registrations abort their keep-alive tasks when dropped; watchers keep their own
-        // upstream tasks until they are dropped.
-        tracing::debug!(namespace = %self.config.namespace, "etcd registry dropped");
-    }
-}
-
-/// The etcd registry. Cheap to share through `Arc`; dropping it stops every keep-alive (the
+/// The etcd registry. Cheap to share through `Arc`; dropping it stops every keep-alive (each
+/// registration aborts its task when dropped; watchers keep their upstream until dropped; the
 /// leases then expire after their TTL).
 pub struct EtcdRegistry {
     inner: Arc<Inner>,
@@ -453,14 +446,19 @@ impl Registrar for EtcdRegistry {
             state_tx,
         ));
         let replaced = self.registrations().insert(
-            key,
+            key.clone(),
             Registration {
                 latest,
                 state,
                 task,
             },
         );
-        drop(replaced); // a concurrent register of the same id: the newer one wins
+        if let Some(replaced) = replaced {
+            // A concurrent first register of the same id wrote under its own lease, whose
+            // keep-alive we just stopped: the last one inserted writes again under its lease.
+            drop(replaced);
+            put_under(self.inner.client.clone(), &key, instance, lease).await?;
+        }
         Ok(())
     }
 
