@@ -8,12 +8,12 @@ pub const SCHEME: &str = "consul";
 
 use std::sync::Arc;
 
-use registry_core::{Error, Registry, Result, Url};
+use registry_core::{Error, Registry, Result};
 
 /// Connects to the registry `url` names; the facade's `connect` calls this for `consul://`.
 ///
 /// Until this backend lands it answers [`Error::Unsupported`].
-pub async fn connect(url: Url) -> Result<Arc<dyn Registry>> {
+pub async fn connect(url: &str) -> Result<Arc<dyn Registry>> {
     let _ = url;
     Err(Error::Unsupported {
         backend: SCHEME,

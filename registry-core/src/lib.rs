@@ -33,8 +33,10 @@
 //! Crates chosen: `async-trait` keeps the traits object safe (`Arc<dyn Registry>`) with async
 //! methods; `tokio::sync::watch` is the snapshot channel behind every watcher (the newest list
 //! wins, every watcher sees it); `url` parses endpoints and registry URLs; `humantime` reads
-//! durations such as `10s` in URL options; `thiserror` derives the error enum.
+//! durations such as `10s` in URL options; `thiserror` derives the error enum; `rand` jitters
+//! the [`Backoff`] of retry loops.
 
+mod backoff;
 mod capability;
 mod checked;
 mod endpoint;
@@ -46,13 +48,14 @@ mod registry;
 pub mod validate;
 pub mod watch;
 
+pub use backoff::Backoff;
 pub use capability::Capabilities;
 pub use checked::Checked;
 pub use endpoint::Endpoint;
 pub use error::{Error, Result, Source};
 pub use instance::{ServiceInstance, ServiceInstanceBuilder};
 pub use memory::MemoryRegistry;
-pub use options::{redact, UrlOptions};
+pub use options::{redact, HostPort, RegistryUrl, UrlOptions};
 pub use registry::{Discovery, Registrar, Registry};
 pub use watch::{Publisher, WatchHub, Watcher};
 

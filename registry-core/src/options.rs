@@ -110,6 +110,153 @@ pub fn redact(url: &Url) -> String {
     url.to_string()
 }
 
+/// One `host[:port]` of a registry URL's authority.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HostPort {
+    /// The host name or IP address (IPv6 without brackets).
+    pub host: String,
+    /// The port, when the URL gives one.
+    pub port: Option<u16>,
+}
+
+impl HostPort {
+    /// `host:port`, with `default_port` when the URL gave none (IPv6 in brackets).
+    pub fn with_default_port(&self, default_port: u16) -> String {
+        let port = self.port.unwrap_or(default_port);
+        if self.host.contains(':') {
+            format!("[{}]:{port}", self.host)
+        } else {
+            format!("{}:{port}", self.host)
+        }
+    }
+}
+
+/// A registry URL whose authority may list several servers, as in
+/// `etcd://10.0.0.1:2379,10.0.0.2:2379/microservices?ttl=10s` (which [`Url`] alone refuses).
+///
+/// [`url`](Self::url) is the URL with the first server only, for the scheme, user, path and
+/// options; [`hosts`](Self::hosts) lists every server in order.
+///
+/// ```
+/// use registry_core::RegistryUrl;
+/// let url = RegistryUrl::parse("etcd://10.0.0.1:2379,10.0.0.2/ns?ttl=10s").unwrap();
+/// assert_eq!(url.scheme(), "etcd");
+/// assert_eq!(url.url().path(), "/ns");
+/// let hosts: Vec<_> = url.hosts().iter().map(|h| h.with_default_port(2379)).collect();
+/// assert_eq!(hosts, ["10.0.0.1:2379", "10.0.0.2:2379"]);
+/// ```
+#[derive(Debug, Clone)]
+pub struct RegistryUrl {
+    url: Url,
+    hosts: Vec<HostPort>,
+    shown: String,
+}
+
+impl RegistryUrl {
+    /// Parses a registry URL. Errors never show a password.
+    pub fn parse(raw: &str) -> Result<Self> {
+        let not_shown = || {
+            // The text may hold a password: show at most a plausible scheme.
+            match raw.split_once("://") {
+                Some((scheme, _))
+                    if !scheme.is_empty()
+                        && scheme
+                            .chars()
+                            .all(|c| c.is_ascii_alphanumeric() || "+-.".contains(c)) =>
+                {
+                    format!("{scheme}://…")
+                }
+                _ => "(not shown)".to_owned(),
+            }
+        };
+        let Some((scheme, rest)) = raw.split_once("://") else {
+            return Err(Error::invalid_url(not_shown(), "not a URL: no scheme://"));
+        };
+        let end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+        let (authority, tail) = rest.split_at(end);
+        let (userinfo, host_list) = match authority.rsplit_once('@') {
+            Some((user, hosts)) => (Some(user), hosts),
+            None => (None, authority),
+        };
+        // `memory://` has no server at all; a list has no empty entries.
+        let parts: Vec<&str> = if host_list.is_empty() {
+            vec![""]
+        } else {
+            host_list.split(',').collect()
+        };
+        let user_prefix = userinfo.map(|u| format!("{u}@")).unwrap_or_default();
+        let first = format!("{scheme}://{user_prefix}{}{tail}", parts[0]);
+        let url = Url::parse(&first)
+            .map_err(|e| Error::invalid_url(not_shown(), format!("not a URL: {e}")))?;
+        let mut hosts = Vec::with_capacity(parts.len());
+        for part in parts.iter().filter(|_| !host_list.is_empty()) {
+            let one = Url::parse(&format!("{scheme}://{part}"))
+                .map_err(|e| Error::invalid_url(not_shown(), format!("server {part:?}: {e}")))?;
+            let host = one
+                .host_str()
+                .unwrap_or_default()
+                .trim_start_matches('[')
+                .trim_end_matches(']')
+                .to_owned();
+            if host.is_empty() {
+                return Err(Error::invalid_url(
+                    not_shown(),
+                    format!("server {part:?} has no host"),
+                ));
+            }
+            hosts.push(HostPort {
+                host,
+                port: one.port(),
+            });
+        }
+        // Shown as written, with the password and secret options redacted.
+        let redacted = redact(&url);
+        let shown = match redacted.split_once("://") {
+            Some((s, after)) if parts.len() > 1 => {
+                let at = after.find(['/', '?', '#']).unwrap_or(after.len());
+                let (auth, tail) = after.split_at(at);
+                let user = auth.rsplit_once('@').map(|(u, _)| format!("{u}@"));
+                format!("{s}://{}{}{tail}", user.unwrap_or_default(), host_list)
+            }
+            _ => redacted,
+        };
+        Ok(RegistryUrl { url, hosts, shown })
+    }
+
+    /// The scheme, such as `etcd`.
+    pub fn scheme(&self) -> &str {
+        self.url.scheme()
+    }
+
+    /// The URL with its first server only: scheme, user, path and options.
+    pub fn url(&self) -> &Url {
+        &self.url
+    }
+
+    /// Every server of the authority, in order (none for an empty authority, as in
+    /// `memory://`).
+    pub fn hosts(&self) -> &[HostPort] {
+        &self.hosts
+    }
+
+    /// The URL as written, safe for errors and logs (see [`redact`]).
+    pub fn redacted(&self) -> &str {
+        &self.shown
+    }
+
+    /// The URL, failing when it names more than one server.
+    pub fn single(&self) -> Result<&Url> {
+        if self.hosts.len() <= 1 {
+            Ok(&self.url)
+        } else {
+            Err(Error::invalid_url(
+                &self.shown,
+                format!("{}:// takes one server", self.scheme()),
+            ))
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -124,5 +271,49 @@ mod tests {
         let err = opts.finish().unwrap_err().to_string();
         assert!(err.contains("password"), "{err}");
         assert!(!err.contains("hunter2"), "{err}");
+    }
+
+    #[test]
+    fn several_servers_in_one_authority() {
+        let url =
+            RegistryUrl::parse("etcd://u:hunter2@h1:1,[::1]:2,h3/ns?ttl=1s&password=x").unwrap();
+        assert_eq!(
+            url.hosts(),
+            [
+                HostPort {
+                    host: "h1".into(),
+                    port: Some(1)
+                },
+                HostPort {
+                    host: "::1".into(),
+                    port: Some(2)
+                },
+                HostPort {
+                    host: "h3".into(),
+                    port: None
+                },
+            ]
+        );
+        assert_eq!(url.hosts()[1].with_default_port(9), "[::1]:2");
+        assert_eq!(url.url().username(), "u");
+        assert_eq!(url.url().path(), "/ns");
+        assert!(
+            url.redacted().contains("h1:1,[::1]:2,h3/ns"),
+            "{}",
+            url.redacted()
+        );
+        assert!(!url.redacted().contains("hunter2"), "{}", url.redacted());
+        assert!(url.single().is_err());
+        let err = RegistryUrl::parse("etcd://h1:1,h2:port/x?password=hunter2").unwrap_err();
+        assert!(matches!(err, Error::InvalidUrl { .. }), "{err}");
+        assert!(!err.to_string().contains("hunter2"), "{err}");
+        assert!(
+            RegistryUrl::parse("etcd://h1,/x").is_err(),
+            "an empty server is refused"
+        );
+        assert!(RegistryUrl::parse("no scheme").is_err());
+        let empty = RegistryUrl::parse("memory://").unwrap();
+        assert!(empty.hosts().is_empty());
+        assert_eq!(empty.single().unwrap().as_str(), "memory://");
     }
 }

@@ -47,7 +47,7 @@ pub const REGISTRY_URL_ENV: &str = "REGISTRY_URL";
 /// The URL [`connect_from_env`] uses when [`REGISTRY_URL_ENV`] is not set.
 pub const DEFAULT_URL: &str = "memory://";
 
-type ConnectFn = fn(Url) -> BoxFuture<'static, Result<Arc<dyn Registry>>>;
+type ConnectFn = for<'a> fn(&'a str) -> BoxFuture<'a, Result<Arc<dyn Registry>>>;
 
 struct Backend {
     scheme: &'static str,
@@ -79,7 +79,7 @@ fn backends() -> [Backend; 5] {
             feature: "(always on)",
             connect: Some(|url| {
                 Box::pin(async move {
-                    let registry = MemoryRegistry::from_url(&url)?;
+                    let registry = MemoryRegistry::from_url(RegistryUrl::parse(url)?.single()?)?;
                     Ok(Arc::new(Checked::new(registry)) as Arc<dyn Registry>)
                 })
             }),
@@ -101,27 +101,14 @@ pub fn schemes() -> Vec<&'static str> {
 }
 
 /// Connects to the registry a URL names, such as `memory://` or
-/// `etcd://127.0.0.1:2379/microservices?ttl=10s`.
+/// `etcd://127.0.0.1:2379/microservices?ttl=10s`. Backends with clusters take several
+/// servers in the authority: `etcd://10.0.0.1:2379,10.0.0.2:2379/microservices`.
 ///
 /// The registry returned refuses calls its backend does not support with
 /// [`Error::Unsupported`] (see [`Registry::capabilities`]): every backend's `connect` wraps
 /// it in [`Checked`].
 pub async fn connect(url: &str) -> Result<Arc<dyn Registry>> {
-    let parsed = Url::parse(url).map_err(|e| {
-        // The text may hold a password: show at most a plausible scheme.
-        let shown = match url.split_once("://") {
-            Some((scheme, _))
-                if !scheme.is_empty()
-                    && scheme
-                        .chars()
-                        .all(|c| c.is_ascii_alphanumeric() || "+-.".contains(c)) =>
-            {
-                format!("{scheme}://…")
-            }
-            _ => "(not shown)".to_owned(),
-        };
-        Error::invalid_url(shown, format!("not a URL: {e}"))
-    })?;
+    let parsed = RegistryUrl::parse(url)?;
     let scheme = parsed.scheme();
     let Some(backend) = backends().into_iter().find(|b| b.scheme == scheme) else {
         return Err(Error::UnknownScheme {
@@ -130,7 +117,7 @@ pub async fn connect(url: &str) -> Result<Arc<dyn Registry>> {
         });
     };
     match backend.connect {
-        Some(connect) => connect(parsed).await,
+        Some(connect) => connect(url).await,
         None => Err(Error::FeatureDisabled {
             scheme: scheme.to_owned(),
             feature: backend.feature,

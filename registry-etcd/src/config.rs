@@ -1,0 +1,365 @@
+//! The options of the etcd backend, from a URL or built in code.
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use etcd_client::{Certificate, Identity};
+use percent_encoding::percent_decode_str;
+use registry_core::{Error, RegistryUrl, Result, UrlOptions};
+
+use crate::{DEFAULT_NAMESPACE, DEFAULT_PORT, DEFAULT_TTL, MIN_TTL, SCHEME};
+
+/// TLS towards etcd: the CA that signed etcd's certificate and, when etcd asks for client
+/// certificates (`--client-cert-auth`), this client's certificate and key. PEM files.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct TlsConfig {
+    /// The CA certificate(s) that etcd's server certificate is checked against.
+    pub ca_file: PathBuf,
+    /// This client's certificate and private key, for etcd's client certificate auth.
+    pub identity: Option<(PathBuf, PathBuf)>,
+    /// The name etcd's certificate must carry, when it is not the host of the endpoints.
+    pub domain: Option<String>,
+}
+
+impl TlsConfig {
+    /// TLS checked against the CA in `ca_file`.
+    pub fn new(ca_file: impl Into<PathBuf>) -> Self {
+        TlsConfig {
+            ca_file: ca_file.into(),
+            identity: None,
+            domain: None,
+        }
+    }
+
+    /// Presents this client certificate and key (PEM files).
+    pub fn with_identity(
+        mut self,
+        cert_file: impl Into<PathBuf>,
+        key_file: impl Into<PathBuf>,
+    ) -> Self {
+        self.identity = Some((cert_file.into(), key_file.into()));
+        self
+    }
+
+    /// Expects this name in etcd's certificate.
+    pub fn with_domain(mut self, domain: impl Into<String>) -> Self {
+        self.domain = Some(domain.into());
+        self
+    }
+
+    pub(crate) fn load(&self) -> Result<etcd_client::TlsOptions> {
+        let read = |field: &'static str, path: &Path| {
+            std::fs::read(path).map_err(|e| {
+                Error::invalid(
+                    field,
+                    path.display().to_string(),
+                    format!("cannot read: {e}"),
+                )
+            })
+        };
+        let mut tls = etcd_client::TlsOptions::new()
+            .ca_certificate(Certificate::from_pem(read("ca_file", &self.ca_file)?));
+        if let Some((cert, key)) = &self.identity {
+            tls = tls.identity(Identity::from_pem(
+                read("cert_file", cert)?,
+                read("key_file", key)?,
+            ));
+        }
+        if let Some(domain) = &self.domain {
+            tls = tls.domain_name(domain.clone());
+        }
+        Ok(tls)
+    }
+}
+
+/// Options of the etcd backend: from a URL ([`Config::from_url`]) or built in code.
+///
+/// ```
+/// use std::time::Duration;
+/// use registry_etcd::{Config, TlsConfig};
+///
+/// let config = Config::new(["10.0.0.1:2379", "10.0.0.2:2379"])
+///     .with_namespace("/microservices")
+///     .with_ttl(Duration::from_secs(10))
+///     .with_credentials("user", "secret")
+///     .with_tls(TlsConfig::new("/etc/etcd/ca.pem").with_identity("/etc/etcd/me.pem", "/etc/etcd/me-key.pem"));
+/// assert!(!format!("{config:?}").contains("secret"));
+/// ```
+#[derive(Clone)]
+#[non_exhaustive]
+pub struct Config {
+    /// `host:port` of each etcd endpoint.
+    pub endpoints: Vec<String>,
+    /// The key prefix, such as `/microservices`.
+    pub namespace: String,
+    /// The lease TTL of each registration (at least [`MIN_TTL`]).
+    pub ttl: Duration,
+    /// User name and password, when etcd has authentication on. Never shown by `Debug`.
+    pub credentials: Option<(String, String)>,
+    /// TLS, when etcd serves `https`.
+    pub tls: Option<TlsConfig>,
+    /// How long to wait for a connection.
+    pub connect_timeout: Duration,
+    /// How long to wait for each request.
+    pub request_timeout: Duration,
+}
+
+impl fmt::Debug for Config {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Config")
+            .field("endpoints", &self.endpoints)
+            .field("namespace", &self.namespace)
+            .field("ttl", &self.ttl)
+            .field("user", &self.credentials.as_ref().map(|(u, _)| u))
+            .field("tls", &self.tls)
+            .field("connect_timeout", &self.connect_timeout)
+            .field("request_timeout", &self.request_timeout)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            endpoints: vec![format!("127.0.0.1:{DEFAULT_PORT}")],
+            namespace: DEFAULT_NAMESPACE.into(),
+            ttl: DEFAULT_TTL,
+            credentials: None,
+            tls: None,
+            connect_timeout: Duration::from_secs(5),
+            request_timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+impl Config {
+    /// The defaults, with these `host:port` endpoints.
+    pub fn new<S: Into<String>>(endpoints: impl IntoIterator<Item = S>) -> Self {
+        Config {
+            endpoints: endpoints.into_iter().map(Into::into).collect(),
+            ..Config::default()
+        }
+    }
+
+    /// Sets the key prefix (default `/microservices`).
+    pub fn with_namespace(mut self, namespace: impl Into<String>) -> Self {
+        self.namespace = namespace.into();
+        self
+    }
+
+    /// Sets the lease TTL (default 15 s, at least 2 s).
+    pub fn with_ttl(mut self, ttl: Duration) -> Self {
+        self.ttl = ttl;
+        self
+    }
+
+    /// Authenticates with this user and password.
+    pub fn with_credentials(
+        mut self,
+        user: impl Into<String>,
+        password: impl Into<String>,
+    ) -> Self {
+        self.credentials = Some((user.into(), password.into()));
+        self
+    }
+
+    /// Talks TLS to etcd.
+    pub fn with_tls(mut self, tls: TlsConfig) -> Self {
+        self.tls = Some(tls);
+        self
+    }
+
+    /// Sets the connect timeout (default 5 s).
+    pub fn with_connect_timeout(mut self, timeout: Duration) -> Self {
+        self.connect_timeout = timeout;
+        self
+    }
+
+    /// Sets the per-request timeout (default 5 s).
+    pub fn with_request_timeout(mut self, timeout: Duration) -> Self {
+        self.request_timeout = timeout;
+        self
+    }
+
+    /// Reads a URL:
+    ///
+    /// ```text
+    /// etcd://[USER:PASSWORD@]HOST[:PORT][,HOST[:PORT]...][/NAMESPACE][?OPTION=VALUE&...]
+    /// ```
+    ///
+    /// | option | meaning | default |
+    /// |---|---|---|
+    /// | `ttl` | lease TTL, such as `10s` (at least `2s`) | `15s` |
+    /// | `username`, `password` | etcd authentication (or `USER:PASSWORD@` before the hosts) | none |
+    /// | `ca_file` | PEM CA of etcd's certificate; turns TLS on | none (plain) |
+    /// | `cert_file`, `key_file` | PEM client certificate and key, with `ca_file` | none |
+    /// | `tls_domain` | the name etcd's certificate carries, when not the host | the host |
+    /// | `connect_timeout` | connect timeout | `5s` |
+    /// | `timeout` | per-request timeout | `5s` |
+    ///
+    /// The port defaults to 2379 and the namespace to `/microservices`. Unknown options are
+    /// errors; errors never show the password.
+    pub fn from_url(url: &str) -> Result<Config> {
+        let parsed = RegistryUrl::parse(url)?;
+        let shown = parsed.redacted().to_owned();
+        let url = parsed.url();
+        if url.scheme() != SCHEME {
+            return Err(Error::invalid_url(shown, "expected etcd://"));
+        }
+        let mut config = Config::new(
+            parsed
+                .hosts()
+                .iter()
+                .map(|h| h.with_default_port(DEFAULT_PORT)),
+        );
+        let path = url.path().trim_end_matches('/');
+        if !path.is_empty() {
+            config.namespace = path.to_owned();
+        }
+        let mut opts = UrlOptions::new(url);
+        if let Some(ttl) = opts.duration("ttl")? {
+            config.ttl = ttl;
+        }
+        if let Some(t) = opts.duration("connect_timeout")? {
+            config.connect_timeout = t;
+        }
+        if let Some(t) = opts.duration("timeout")? {
+            config.request_timeout = t;
+        }
+        let mut user = opts.string("username");
+        let mut password = opts.string("password");
+        let ca_file = opts.string("ca_file");
+        let cert_file = opts.string("cert_file");
+        let key_file = opts.string("key_file");
+        let tls_domain = opts.string("tls_domain");
+        opts.finish()?;
+        if !url.username().is_empty() {
+            if user.is_some() {
+                return Err(Error::invalid_url(shown, "user given twice"));
+            }
+            let decode = |s: &str| percent_decode_str(s).decode_utf8_lossy().into_owned();
+            user = Some(decode(url.username()));
+            password = url.password().map(decode).or(password);
+        }
+        config.credentials = match (user, password) {
+            (Some(user), Some(password)) => Some((user, password)),
+            (None, None) => None,
+            _ => {
+                return Err(Error::invalid_url(
+                    shown,
+                    "username and password go together",
+                ))
+            }
+        };
+        config.tls = match (ca_file, cert_file, key_file) {
+            (None, None, None) if tls_domain.is_none() => None,
+            (Some(ca), None, None) => Some(TlsConfig::new(ca)),
+            (Some(ca), Some(cert), Some(key)) => Some(TlsConfig::new(ca).with_identity(cert, key)),
+            (None, _, _) => return Err(Error::invalid_url(shown, "TLS options need ca_file")),
+            _ => {
+                return Err(Error::invalid_url(
+                    shown,
+                    "cert_file and key_file go together",
+                ))
+            }
+        };
+        if let (Some(tls), Some(domain)) = (config.tls.as_mut(), tls_domain) {
+            tls.domain = Some(domain);
+        }
+        config
+            .check()
+            .map_err(|reason| Error::invalid_url(shown, reason))?;
+        Ok(config)
+    }
+
+    pub(crate) fn check(&self) -> std::result::Result<(), String> {
+        if self.endpoints.is_empty() {
+            return Err("no etcd endpoint".into());
+        }
+        if self.ttl < MIN_TTL {
+            return Err("ttl below etcd's shortest lease (2s)".into());
+        }
+        if !self.namespace.starts_with('/') || self.namespace.ends_with('/') {
+            return Err(format!(
+                "namespace {:?} must start with / and not end with one",
+                self.namespace
+            ));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_full_url() {
+        let config = Config::from_url(
+            "etcd://u%40x:p%2Fw@10.0.0.1:2379,10.0.0.2,[::1]:3379/ns/sub?ttl=10s&timeout=2s&connect_timeout=3s\
+             &ca_file=/ca.pem&cert_file=/c.pem&key_file=/k.pem&tls_domain=etcd.local",
+        )
+        .unwrap();
+        assert_eq!(
+            config.endpoints,
+            ["10.0.0.1:2379", "10.0.0.2:2379", "[::1]:3379"]
+        );
+        assert_eq!(config.namespace, "/ns/sub");
+        assert_eq!(config.ttl, Duration::from_secs(10));
+        assert_eq!(config.request_timeout, Duration::from_secs(2));
+        assert_eq!(config.connect_timeout, Duration::from_secs(3));
+        assert_eq!(
+            config.credentials,
+            Some(("u@x".to_owned(), "p/w".to_owned()))
+        );
+        assert_eq!(
+            config.tls,
+            Some(
+                TlsConfig::new("/ca.pem")
+                    .with_identity("/c.pem", "/k.pem")
+                    .with_domain("etcd.local")
+            )
+        );
+        assert!(!format!("{config:?}").contains("p/w"));
+    }
+
+    #[test]
+    fn defaults() {
+        let config = Config::from_url("etcd://127.0.0.1").unwrap();
+        assert_eq!(config.endpoints, ["127.0.0.1:2379"]);
+        assert_eq!(config.namespace, DEFAULT_NAMESPACE);
+        assert_eq!(config.ttl, DEFAULT_TTL);
+        assert_eq!(config.credentials, None);
+        assert_eq!(config.tls, None);
+    }
+
+    #[test]
+    fn bad_urls_are_refused_without_showing_secrets() {
+        for (url, why) in [
+            ("etcd://", "no etcd endpoint"),
+            ("consul://127.0.0.1:8500", "expected etcd://"),
+            (
+                "etcd://h?ttl=1s&password=hunter2&username=u",
+                "shortest lease",
+            ),
+            ("etcd://h?tll=10s", "unknown option"),
+            ("etcd://h?username=u", "go together"),
+            ("etcd://h?cert_file=/c.pem&key_file=/k.pem", "need ca_file"),
+            ("etcd://h?ca_file=/ca&cert_file=/c.pem", "go together"),
+            (
+                "etcd://u:hunter2@h?username=v&password=x",
+                "user given twice",
+            ),
+            ("etcd://h1,h2:x/ns?password=hunter2", "server"),
+        ] {
+            let err = Config::from_url(url).unwrap_err();
+            assert!(matches!(err, Error::InvalidUrl { .. }), "{url}: {err:?}");
+            let text = err.to_string();
+            assert!(text.contains(why), "{url}: {text}");
+            assert!(!text.contains("hunter2"), "{url}: {text}");
+            assert!(!err.is_temporary());
+        }
+    }
+}

@@ -1,0 +1,163 @@
+//! The connection to etcd: one endpoint in use at a time, failing over to the next endpoint
+//! that answers when the one in use stops answering.
+//!
+//! etcd-client spreads requests over all its endpoints and keeps sending some to an endpoint
+//! that is down (each such request fails with "tcp connect error"), so a URL listing several
+//! endpoints gets a client per endpoint here instead, pinned to one that answers, as etcd's Go
+//! client does.
+
+use std::future::Future;
+use std::sync::{Mutex, MutexGuard};
+
+use etcd_client::{Client, ConnectOptions};
+use registry_core::{Error, Result};
+
+use crate::error::map_err;
+use crate::Config;
+
+struct Pinned {
+    /// Index into the endpoints of the one in use.
+    index: usize,
+    /// Bumped at each switch, so that concurrent failures switch once.
+    generation: u64,
+    client: Client,
+}
+
+/// A connection to an etcd cluster.
+pub(crate) struct Connection {
+    endpoints: Vec<String>,
+    options: ConnectOptions,
+    config: Config,
+    pinned: Mutex<Pinned>,
+    switching: tokio::sync::Mutex<()>,
+}
+
+impl Connection {
+    /// Connects to the first endpoint that answers, in the order given.
+    pub(crate) async fn open(config: &Config) -> Result<Connection> {
+        let mut options = ConnectOptions::new()
+            .with_connect_timeout(config.connect_timeout)
+            .with_timeout(config.request_timeout)
+            // Notice a dead connection (a server cut off or frozen) instead of waiting on it.
+            .with_keep_alive(
+                std::time::Duration::from_secs(5),
+                std::time::Duration::from_secs(5),
+            )
+            .with_keep_alive_while_idle(true);
+        if let Some((user, password)) = &config.credentials {
+            options = options.with_user(user.clone(), password.clone());
+        }
+        if let Some(tls) = &config.tls {
+            options = options.with_tls(tls.load()?);
+        }
+        let mut last_error = None;
+        for (index, endpoint) in config.endpoints.iter().enumerate() {
+            match dial(endpoint, &options, config).await {
+                Ok(client) => {
+                    return Ok(Connection {
+                        endpoints: config.endpoints.clone(),
+                        options,
+                        config: config.clone(),
+                        pinned: Mutex::new(Pinned {
+                            index,
+                            generation: 0,
+                            client,
+                        }),
+                        switching: tokio::sync::Mutex::new(()),
+                    });
+                }
+                Err(e) if !e.is_temporary() => return Err(e),
+                Err(e) => {
+                    tracing::warn!(%endpoint, error = %e, "etcd endpoint does not answer");
+                    last_error = Some(e);
+                }
+            }
+        }
+        Err(last_error.unwrap_or_else(|| Error::invalid("endpoints", "", "no etcd endpoint")))
+    }
+
+    fn pinned(&self) -> MutexGuard<'_, Pinned> {
+        self.pinned.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The client of the endpoint in use, and its generation.
+    pub(crate) fn client(&self) -> (u64, Client) {
+        let pinned = self.pinned();
+        (pinned.generation, pinned.client.clone())
+    }
+
+    /// Runs `op` on the endpoint in use. When it fails temporarily and another endpoint
+    /// answers, switches to that endpoint and runs `op` once more there.
+    pub(crate) async fn run<T, F, Fut>(&self, operation: &'static str, op: F) -> Result<T>
+    where
+        F: Fn(Client) -> Fut,
+        Fut: Future<Output = std::result::Result<T, etcd_client::Error>>,
+    {
+        let (generation, client) = self.client();
+        match op(client).await {
+            Ok(value) => Ok(value),
+            Err(e) => {
+                let error = map_err(operation, e);
+                if error.is_temporary() && self.failover(generation).await {
+                    let (_, client) = self.client();
+                    return op(client).await.map_err(|e| map_err(operation, e));
+                }
+                Err(error)
+            }
+        }
+    }
+
+    /// Called after a temporary failure on the client of `generation`: switches to the next
+    /// endpoint that answers. True when the client changed (now or by a concurrent caller).
+    pub(crate) async fn failover(&self, generation: u64) -> bool {
+        if self.endpoints.len() < 2 {
+            return false;
+        }
+        let _switching = self.switching.lock().await;
+        let start = {
+            let pinned = self.pinned();
+            if pinned.generation != generation {
+                return true;
+            }
+            pinned.index
+        };
+        for step in 1..self.endpoints.len() {
+            let index = (start + step) % self.endpoints.len();
+            let endpoint = &self.endpoints[index];
+            match dial(endpoint, &self.options, &self.config).await {
+                Ok(client) => {
+                    tracing::warn!(from = %self.endpoints[start], to = %endpoint, "etcd endpoint switched");
+                    let mut pinned = self.pinned();
+                    *pinned = Pinned {
+                        index,
+                        generation: generation + 1,
+                        client,
+                    };
+                    return true;
+                }
+                Err(e) => tracing::debug!(%endpoint, error = %e, "etcd endpoint does not answer"),
+            }
+        }
+        false
+    }
+}
+
+/// Connects to one endpoint and checks that it answers.
+async fn dial(endpoint: &str, options: &ConnectOptions, config: &Config) -> Result<Client> {
+    let connecting = Client::connect([endpoint], Some(options.clone()));
+    let mut client = tokio::time::timeout(config.connect_timeout, connecting)
+        .await
+        .map_err(|_| Error::Timeout {
+            operation: "connect",
+            after: config.connect_timeout,
+        })?
+        .map_err(|e| map_err("connect", e))?;
+    tokio::time::timeout(config.request_timeout, client.status())
+        .await
+        .map_err(|_| Error::Timeout {
+            operation: "status",
+            after: config.request_timeout,
+        })?
+        .map_err(|e| map_err("status", e))?;
+    Ok(client)
+}

@@ -1,0 +1,205 @@
+//! The connection options against real etcd servers of the tests' own: TLS with a client
+//! certificate, user and password, and several endpoints of which one is down.
+
+mod support;
+
+use std::path::{Path, PathBuf};
+
+use rcgen::{BasicConstraints, CertificateParams, ExtendedKeyUsagePurpose, IsCa, KeyPair};
+use registry_core::{Discovery, Error, Registrar};
+use registry_etcd::{Config, EtcdRegistry};
+use support::{free_port, instance, EtcdServer, ServerTls};
+
+/// A CA, a server certificate for 127.0.0.1 and a client certificate, written as PEM files.
+struct Pki {
+    ca: PathBuf,
+    server_cert: PathBuf,
+    server_key: PathBuf,
+    client_cert: PathBuf,
+    client_key: PathBuf,
+}
+
+fn pki(dir: &Path) -> Pki {
+    let write = |name: &str, pem: String| {
+        let path = dir.join(name);
+        std::fs::write(&path, pem).expect("write PEM");
+        path
+    };
+    let ca_key = KeyPair::generate().expect("key");
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).expect("params");
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let ca = ca_params.self_signed(&ca_key).expect("CA");
+
+    let server_key = KeyPair::generate().expect("key");
+    let mut server = CertificateParams::new(vec!["127.0.0.1".to_owned(), "localhost".to_owned()])
+        .expect("params");
+    server.extended_key_usages = vec![
+        ExtendedKeyUsagePurpose::ServerAuth,
+        ExtendedKeyUsagePurpose::ClientAuth,
+    ];
+    let server = server
+        .signed_by(&server_key, &ca, &ca_key)
+        .expect("server cert");
+
+    let client_key = KeyPair::generate().expect("key");
+    let mut client =
+        CertificateParams::new(vec!["registry-test-client".to_owned()]).expect("params");
+    client.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+    let client = client
+        .signed_by(&client_key, &ca, &ca_key)
+        .expect("client cert");
+
+    Pki {
+        ca: write("ca.pem", ca.pem()),
+        server_cert: write("server.pem", server.pem()),
+        server_key: write("server-key.pem", server_key.serialize_pem()),
+        client_cert: write("client.pem", client.pem()),
+        client_key: write("client-key.pem", client_key.serialize_pem()),
+    }
+}
+
+async fn round_trip(registry: &EtcdRegistry) {
+    let me = instance("secure", "1");
+    registry.register(&me).await.expect("register");
+    assert_eq!(
+        registry.get_service("secure").await.expect("list"),
+        vec![me.clone()]
+    );
+    registry.deregister(&me).await.expect("deregister");
+}
+
+#[tokio::test]
+async fn tls_with_a_client_certificate() {
+    support::init_logs();
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let pki = pki(dir.path());
+    let server = EtcdServer::start_tls(ServerTls {
+        ca: pki.ca.clone(),
+        cert: pki.server_cert.clone(),
+        key: pki.server_key.clone(),
+        client_cert_auth: true,
+    })
+    .await;
+
+    let url = format!(
+        "{}/tls?ca_file={}&cert_file={}&key_file={}&connect_timeout=3s",
+        server.url(),
+        pki.ca.display(),
+        pki.client_cert.display(),
+        pki.client_key.display()
+    );
+    let registry = EtcdRegistry::connect(Config::from_url(&url).expect("URL"))
+        .await
+        .expect("connect over TLS with a client certificate");
+    round_trip(&registry).await;
+
+    // Without a client certificate the server refuses us, and connect says so.
+    let url = format!(
+        "{}/tls?ca_file={}&connect_timeout=3s",
+        server.url(),
+        pki.ca.display()
+    );
+    let refused = EtcdRegistry::connect(Config::from_url(&url).expect("URL")).await;
+    assert!(refused.is_err(), "a client without a certificate got in");
+
+    // Plain text to a TLS server fails too.
+    let plain = EtcdRegistry::connect(
+        Config::from_url(&format!(
+            "{}/tls?connect_timeout=2s&timeout=2s",
+            server.url()
+        ))
+        .expect("URL"),
+    )
+    .await;
+    assert!(plain.is_err(), "plain text reached a TLS server");
+
+    // A CA file that is not there is a permanent, typed error.
+    let url = format!("{}/tls?ca_file=/nonexistent/ca.pem", server.url());
+    let err = EtcdRegistry::connect(Config::from_url(&url).expect("URL"))
+        .await
+        .expect_err("a missing CA file");
+    assert!(
+        matches!(
+            err,
+            Error::InvalidInput {
+                field: "ca_file",
+                ..
+            }
+        ),
+        "{err}"
+    );
+    assert!(!err.is_temporary());
+}
+
+#[tokio::test]
+async fn user_and_password() {
+    support::init_logs();
+    let server = EtcdServer::start().await;
+    let mut admin = etcd_client::Client::connect([server.endpoint()], None)
+        .await
+        .expect("raw client");
+    admin
+        .user_add("root", "s3cret-pw", None)
+        .await
+        .expect("add root");
+    admin
+        .user_grant_role("root", "root")
+        .await
+        .expect("grant root");
+    admin.auth_enable().await.expect("enable auth");
+
+    let url = format!("etcd://root:s3cret-pw@{}/auth", server.endpoint());
+    let registry = EtcdRegistry::connect(Config::from_url(&url).expect("URL"))
+        .await
+        .expect("connect with user and password in the URL");
+    round_trip(&registry).await;
+    assert!(
+        !format!("{registry:?}").contains("s3cret-pw"),
+        "{registry:?}"
+    );
+
+    let url = format!("{}/auth?username=root&password=s3cret-pw", server.url());
+    let registry = EtcdRegistry::connect(Config::from_url(&url).expect("URL"))
+        .await
+        .expect("connect with user and password as options");
+    round_trip(&registry).await;
+
+    let url = format!("{}/auth?username=root&password=wrong-pw", server.url());
+    let err = EtcdRegistry::connect(Config::from_url(&url).expect("URL"))
+        .await
+        .expect_err("a wrong password");
+    assert!(!err.to_string().contains("wrong-pw"), "{err}");
+    assert!(
+        !err.is_temporary(),
+        "a wrong password is permanent: {err:?}"
+    );
+
+    // Without credentials nothing can be read or written.
+    let anonymous = EtcdRegistry::connect(Config::from_url(&server.url()).expect("URL"))
+        .await
+        .expect("etcd answers its status without credentials");
+    let err = anonymous
+        .register(&instance("secure", "anon"))
+        .await
+        .expect_err("an anonymous write");
+    assert!(matches!(err, Error::PermissionDenied { .. }), "{err:?}");
+}
+
+#[tokio::test]
+async fn several_endpoints_one_of_them_down() {
+    support::init_logs();
+    let server = EtcdServer::start().await;
+    let down = format!("127.0.0.1:{}", free_port());
+    let url = format!(
+        "etcd://{down},{}/multi?connect_timeout=3s",
+        server.endpoint()
+    );
+    let config = Config::from_url(&url).expect("URL");
+    assert_eq!(config.endpoints, vec![down, server.endpoint()]);
+    let registry = EtcdRegistry::connect(config)
+        .await
+        .expect("connect while one endpoint is down");
+    round_trip(&registry).await;
+    let via_facade_scheme = registry_etcd::connect(&url).await.expect("connect(url)");
+    assert_eq!(via_facade_scheme.scheme(), "etcd");
+}
