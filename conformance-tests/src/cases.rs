@@ -366,6 +366,27 @@ impl OwnerProcess {
         self.expect_line("deregistered").await;
     }
 
+    /// Freezes the owner (SIGSTOP): its heartbeats and keep-alives stop, as in a long GC pause
+    /// or a suspended VM.
+    pub fn pause(&self) {
+        self.signal("STOP");
+    }
+
+    /// Thaws a paused owner (SIGCONT).
+    pub fn resume(&self) {
+        self.signal("CONT");
+    }
+
+    fn signal(&self, signal: &str) {
+        let pid = self.child.id().expect("the owner runs");
+        let status = std::process::Command::new("kill")
+            .arg(format!("-{signal}"))
+            .arg(pid.to_string())
+            .status()
+            .expect("run kill");
+        assert!(status.success(), "kill -{signal} {pid} failed");
+    }
+
     /// Kills the owner with SIGKILL (no chance to clean up) and reaps it.
     pub async fn kill(mut self) {
         self.child.start_kill().expect("SIGKILL the owner");
@@ -598,4 +619,46 @@ pub async fn bad_input_is_refused(ctx: Arc<Ctx>) {
         vec![good],
         "refused instances must not have been written"
     );
+}
+
+/// 8c. An owner frozen (SIGSTOP) for longer than its TTL leaves a watcher and `get_service`
+///     within the TTL plus the slack, counted from the freeze; thawed, it registers again by itself and is listed
+///     again, seen by the same watcher (cross-process backends with TTL expiry).
+pub async fn paused_owner_leaves_and_returns(ctx: Arc<Ctx>) {
+    if !(ctx.caps.ttl_expiry && ctx.caps.cross_process) {
+        return;
+    }
+    let service = ctx.service("paused");
+    let instance = ctx.instance(&service, "sleepy");
+    ctx.remember(&instance);
+    let mut watcher = ctx.registry.watch(&service).await.expect("watch");
+    assert!(next_within(&mut watcher, ctx.deadline(), "first list")
+        .await
+        .is_empty());
+    let mut owner = OwnerProcess::spawn(&owner_bin(&ctx), &ctx.short_ttl_url(), &instance).await;
+    assert_eq!(
+        next_within(&mut watcher, ctx.deadline(), "owner's instance appears").await,
+        vec![instance.clone()]
+    );
+
+    owner.pause();
+    let limit = ctx.target.short_ttl + ctx.caps.expiry_slack;
+    let gone = next_within(&mut watcher, limit, "the frozen owner's instance leaves").await;
+    assert!(gone.is_empty(), "listed after its owner froze: {gone:?}");
+    assert!(ctx.list(&service).await.is_empty());
+
+    owner.resume();
+    let back = next_within(
+        &mut watcher,
+        ctx.deadline(),
+        "the thawed owner registers again",
+    )
+    .await;
+    assert_eq!(back, vec![instance.clone()]);
+    ctx.list_until(&service, ctx.deadline(), "listed again", |l| {
+        l == [instance.clone()]
+    })
+    .await;
+    owner.deregister().await;
+    owner.kill().await;
 }

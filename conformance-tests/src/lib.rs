@@ -282,6 +282,7 @@ macro_rules! conformance_suite {
                 watch_stop,
                 keep_alive,
                 crash_expiry,
+                paused_owner_leaves_and_returns,
                 graceful_deregister_is_prompt,
                 concurrent_fifty,
                 bad_input_is_refused

@@ -1,0 +1,288 @@
+//! Helpers for the backends' own tests (fault, interop and option tests), which need a
+//! registry server of their own rather than the shared one the conformance suite uses:
+//!
+//! - [`ServerProcess`]: one server process on free ports with its own data directory, that a
+//!   test can kill, restart, wipe, freeze (SIGSTOP) and thaw;
+//! - [`server_program`]: where `scripts/backends bin SERVER` installed a server's program;
+//! - [`eventually`], [`watcher_reaches`], [`lists`]: waiting on a condition with a deadline,
+//!   never sleeping and hoping.
+//!
+//! A missing server program fails the test: nothing is skipped.
+
+use std::ffi::OsString;
+use std::future::Future;
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use registry_core::{Discovery, ServiceInstance, Watcher};
+use tokio::time::{sleep, timeout, Instant};
+
+/// How long a server gets to start answering.
+pub const START_DEADLINE: Duration = Duration::from_secs(60);
+
+/// The program of `server` (`etcd`, `consul`, ...): from the environment variable `env` (set by
+/// `scripts/test` from `scripts/backends bin SERVER`), else from the script's cache at
+/// `relative` under `servers/`. Panics, failing the test, when it is not there.
+pub fn server_program(server: &str, env: &str, relative: &str) -> PathBuf {
+    let path = match std::env::var_os(env) {
+        Some(path) => PathBuf::from(path),
+        None => {
+            let cache = std::env::var_os("REGISTRY_RS_CACHE")
+                .map(PathBuf::from)
+                .unwrap_or_else(|| {
+                    PathBuf::from(std::env::var_os("HOME").unwrap_or_default())
+                        .join(".cache/registry-rs")
+                });
+            cache.join("servers").join(relative)
+        }
+    };
+    assert!(
+        path.is_file(),
+        "no {server} program at {} (run `scripts/backends bin {server}`, or set {env})",
+        path.display()
+    );
+    path
+}
+
+/// A port nobody listens on right now.
+pub fn free_port() -> u16 {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind a free port");
+    listener.local_addr().expect("local address").port()
+}
+
+/// How to run one server: its program, its arguments (given the data directory), and the log
+/// line it prints once it serves clients.
+pub struct ServerSpec {
+    /// The program.
+    pub program: PathBuf,
+    /// Its arguments, given its data directory.
+    pub args: Box<dyn Fn(&Path) -> Vec<OsString> + Send + Sync>,
+    /// A text the server logs (stdout or stderr) once it is ready.
+    pub ready_line: &'static str,
+}
+
+/// One server process of a test's own. Dropping it kills the process and deletes its files.
+pub struct ServerProcess {
+    spec: ServerSpec,
+    dir: tempfile::TempDir,
+    child: Option<Child>,
+    launches: usize,
+}
+
+impl ServerProcess {
+    /// Starts the server and waits until it logs its ready line.
+    pub async fn start(spec: ServerSpec) -> ServerProcess {
+        let mut server = ServerProcess {
+            spec,
+            dir: tempfile::Builder::new()
+                .prefix("registry-test-server-")
+                .tempdir()
+                .expect("temporary directory"),
+            child: None,
+            launches: 0,
+        };
+        server.launch().await;
+        server
+    }
+
+    /// A directory for the test's own files, deleted with the server.
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// The server's data directory.
+    pub fn data_dir(&self) -> PathBuf {
+        self.dir.path().join("data")
+    }
+
+    fn log_file(&self) -> PathBuf {
+        self.dir.path().join("server.log")
+    }
+
+    async fn launch(&mut self) {
+        assert!(self.child.is_none(), "the server already runs");
+        std::fs::create_dir_all(self.data_dir()).expect("data directory");
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.log_file())
+            .expect("log file");
+        let child = Command::new(&self.spec.program)
+            .args((self.spec.args)(&self.data_dir()))
+            .current_dir(self.dir.path())
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("log file"))
+            .stderr(log)
+            .spawn()
+            .unwrap_or_else(|e| panic!("start {}: {e}", self.spec.program.display()));
+        self.child = Some(child);
+        self.launches += 1;
+        self.wait_ready().await;
+    }
+
+    async fn wait_ready(&mut self) {
+        let deadline = Instant::now() + START_DEADLINE;
+        loop {
+            if let Some(status) = self
+                .child
+                .as_mut()
+                .and_then(|c| c.try_wait().ok().flatten())
+            {
+                panic!("the server exited with {status}; log:\n{}", self.log_tail());
+            }
+            // The log is appended to across launches: count the ready lines.
+            let log = std::fs::read_to_string(self.log_file()).unwrap_or_default();
+            if log.matches(self.spec.ready_line).count() >= self.launches {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the server did not start within {START_DEADLINE:?}; log:\n{}",
+                self.log_tail()
+            );
+            sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// The last lines of the server's log.
+    pub fn log_tail(&self) -> String {
+        let log = std::fs::read_to_string(self.log_file()).unwrap_or_default();
+        let lines: Vec<&str> = log.lines().collect();
+        lines[lines.len().saturating_sub(20)..].join("\n")
+    }
+
+    /// Kills the process (SIGKILL) and waits for it to be gone; the data stays.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Kills the process and starts it again with the data it has.
+    pub async fn restart(&mut self) {
+        self.kill();
+        self.launch().await;
+    }
+
+    /// Kills the process, deletes its data directory and starts it again empty.
+    pub async fn wipe_and_restart(&mut self) {
+        self.kill();
+        std::fs::remove_dir_all(self.data_dir()).expect("delete the server's data");
+        self.launch().await;
+    }
+
+    /// Freezes the process (SIGSTOP): it keeps its sockets but answers nothing.
+    pub fn pause(&self) {
+        self.signal("STOP");
+    }
+
+    /// Thaws a paused process (SIGCONT).
+    pub fn resume(&self) {
+        self.signal("CONT");
+    }
+
+    fn signal(&self, signal: &str) {
+        let pid = self.child.as_ref().expect("the server runs").id();
+        let status = Command::new("kill")
+            .arg(format!("-{signal}"))
+            .arg(pid.to_string())
+            .status()
+            .expect("run kill");
+        assert!(status.success(), "kill -{signal} {pid} failed");
+    }
+}
+
+impl Drop for ServerProcess {
+    fn drop(&mut self) {
+        if let Some(child) = &self.child {
+            // Thaw a paused process so that it dies of SIGKILL at once.
+            let _ = Command::new("kill")
+                .arg("-CONT")
+                .arg(child.id().to_string())
+                .status();
+        }
+        self.kill();
+    }
+}
+
+/// Runs `check` until it returns true, failing the test with `what` after `within`.
+pub async fn eventually<F, Fut>(within: Duration, what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let deadline = Instant::now() + within;
+    loop {
+        if check().await {
+            return;
+        }
+        assert!(Instant::now() < deadline, "not within {within:?}: {what}");
+        sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Reads lists from `watcher` until one equals `expected`, failing after `within`.
+pub async fn watcher_reaches(
+    watcher: &mut Watcher,
+    expected: &[ServiceInstance],
+    within: Duration,
+) {
+    let deadline = Instant::now() + within;
+    let mut last = None;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match timeout(left, watcher.next()).await {
+            Ok(Ok(list)) if list == expected => return,
+            Ok(Ok(list)) => last = Some(list),
+            Ok(Err(e)) => panic!("the watcher failed: {e}"),
+            Err(_) => panic!(
+                "the watcher did not reach {:?} within {within:?}; last list: {:?}",
+                ids(expected),
+                last.as_deref().map(ids)
+            ),
+        }
+    }
+}
+
+/// Calls `get_service` until it equals `expected`, failing after `within`.
+pub async fn lists(
+    discovery: &dyn Discovery,
+    name: &str,
+    expected: &[ServiceInstance],
+    within: Duration,
+) {
+    let what = format!("get_service({name}) == {:?}", ids(expected));
+    eventually(within, &what, || async {
+        matches!(discovery.get_service(name).await, Ok(list) if list == expected)
+    })
+    .await;
+}
+
+fn ids(list: &[ServiceInstance]) -> Vec<&str> {
+    list.iter().map(|i| i.id.as_str()).collect()
+}
+
+/// An instance of `name` with id `id`, version `v1`, one metadata entry and a gRPC endpoint.
+pub fn instance(name: &str, id: &str) -> ServiceInstance {
+    ServiceInstance::builder(id, name)
+        .version("v1")
+        .metadata("zone", "a")
+        .endpoint("grpc://127.0.0.1:9000")
+        .build()
+        .expect("a valid instance")
+}
+
+/// Shows the logs of the code under test for failing tests (`RUST_LOG` filters; default:
+/// debug for `crate_filter`).
+pub fn init_logs(crate_filter: &str) {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| format!("{crate_filter}=debug").into()),
+        )
+        .with_test_writer()
+        .try_init();
+}
