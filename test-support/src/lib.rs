@@ -52,13 +52,16 @@ pub fn free_port() -> u16 {
     listener.local_addr().expect("local address").port()
 }
 
+/// Builds a server's arguments from its data directory.
+pub type ArgsFn = Box<dyn Fn(&Path) -> Vec<OsString> + Send + Sync>;
+
 /// How to run one server: its program, its arguments (given the data directory), and the log
 /// line it prints once it serves clients.
 pub struct ServerSpec {
     /// The program.
     pub program: PathBuf,
     /// Its arguments, given its data directory.
-    pub args: Box<dyn Fn(&Path) -> Vec<OsString> + Send + Sync>,
+    pub args: ArgsFn,
     /// A text the server logs (stdout or stderr) once it is ready.
     pub ready_line: &'static str,
 }
