@@ -134,10 +134,12 @@ impl Ctx {
         format!("c{}-{base}", self.run)
     }
 
-    /// A valid instance of `service` with id `id`, an HTTP and a gRPC endpoint.
+    /// A valid instance of `service` with an HTTP and a gRPC endpoint, whose id is `id`
+    /// followed by the service name: instance ids are unique across services, as in kratos
+    /// (UUIDs) and as Consul requires (its agent keys services by id alone).
     pub fn instance(&self, service: &str, id: &str) -> ServiceInstance {
         ServiceInstance {
-            id: id.to_owned(),
+            id: format!("{id}.{service}"),
             name: service.to_owned(),
             version: "v1.0.0".to_owned(),
             metadata: [("case".to_owned(), "conformance".to_owned())].into(),

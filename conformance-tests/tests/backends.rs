@@ -20,3 +20,13 @@ conformance_suite!(
         "etcd://127.0.0.1:2379/conformance-{run}"
     ))
 );
+
+// Consul has no namespaces: the suite's service names carry the run id. Critical leftovers
+// of crash cases are reaped after a minute.
+#[cfg(feature = "consul")]
+conformance_suite!(
+    consul,
+    Target::new("consul", |_run| {
+        "consul://127.0.0.1:8500?deregister_after=1m".to_owned()
+    })
+);

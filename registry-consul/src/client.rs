@@ -1,0 +1,236 @@
+//! A small typed client of the Consul HTTP API: the agent, health and catalog endpoints this
+//! backend uses, over `reqwest`.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use registry_core::{Error, Result};
+use reqwest::{Method, RequestBuilder, Response, StatusCode};
+use serde::de::DeserializeOwned;
+
+use crate::format::{AgentRegistration, HealthEntry};
+use crate::{Config, SCHEME};
+
+/// The Consul agent's HTTP API.
+pub(crate) struct Client {
+    http: reqwest::Client,
+    base: String,
+    token: Option<String>,
+    datacenter: Option<String>,
+    request_timeout: Duration,
+}
+
+impl Client {
+    pub(crate) fn new(config: &Config) -> Result<Client> {
+        let mut builder = reqwest::Client::builder()
+            .connect_timeout(config.connect_timeout)
+            .user_agent(concat!("registry-consul/", env!("CARGO_PKG_VERSION")));
+        let scheme = match &config.tls {
+            None => "http",
+            Some(tls) => {
+                builder = builder.use_rustls_tls().https_only(true);
+                let read = |field: &'static str, path: &std::path::Path| {
+                    std::fs::read(path).map_err(|e| {
+                        Error::invalid(
+                            field,
+                            path.display().to_string(),
+                            format!("cannot read: {e}"),
+                        )
+                    })
+                };
+                if let Some(ca) = &tls.ca_file {
+                    let pem = read("ca_file", ca)?;
+                    let cert = reqwest::Certificate::from_pem(&pem).map_err(|e| {
+                        Error::invalid("ca_file", ca.display().to_string(), e.to_string())
+                    })?;
+                    builder = builder
+                        .tls_built_in_root_certs(false)
+                        .add_root_certificate(cert);
+                }
+                if let Some((cert, key)) = &tls.identity {
+                    let mut pem = read("cert_file", cert)?;
+                    pem.push(b'\n');
+                    pem.extend(read("key_file", key)?);
+                    let identity = reqwest::Identity::from_pem(&pem).map_err(|e| {
+                        Error::invalid("cert_file", cert.display().to_string(), e.to_string())
+                    })?;
+                    builder = builder.identity(identity);
+                }
+                "https"
+            }
+        };
+        let http = builder.build().map_err(|e| Error::Backend {
+            backend: SCHEME,
+            message: format!("HTTP client: {e}"),
+            temporary: false,
+            source: None,
+        })?;
+        Ok(Client {
+            http,
+            base: format!("{scheme}://{}", config.address),
+            token: config.token.clone(),
+            datacenter: config.datacenter.clone(),
+            request_timeout: config.request_timeout,
+        })
+    }
+
+    fn request(&self, method: Method, path: &str) -> RequestBuilder {
+        let mut request = self
+            .http
+            .request(method, format!("{}{path}", self.base))
+            .timeout(self.request_timeout);
+        if let Some(token) = &self.token {
+            request = request.header("X-Consul-Token", token);
+        }
+        request
+    }
+
+    /// Sends `request` for `operation`, mapping transport failures and error statuses.
+    async fn send(&self, operation: &'static str, request: RequestBuilder) -> Result<Response> {
+        let response = request.send().await.map_err(|e| transport(operation, e))?;
+        let status = response.status();
+        if status.is_success() {
+            return Ok(response);
+        }
+        let body = response.text().await.unwrap_or_default();
+        Err(status_error(operation, status, body.trim()))
+    }
+
+    async fn json<T: DeserializeOwned>(
+        &self,
+        operation: &'static str,
+        response: Response,
+    ) -> Result<T> {
+        let bytes = response
+            .bytes()
+            .await
+            .map_err(|e| transport(operation, e))?;
+        serde_json::from_slice(&bytes).map_err(|e| Error::Backend {
+            backend: SCHEME,
+            message: format!("{operation}: unexpected answer: {e}"),
+            temporary: true,
+            source: None,
+        })
+    }
+
+    /// The agent answers: `GET /v1/status/leader` (no ACL needed).
+    pub(crate) async fn ping(&self) -> Result<()> {
+        self.send("status", self.request(Method::GET, "/v1/status/leader"))
+            .await
+            .map(drop)
+    }
+
+    /// `PUT /v1/agent/service/register`.
+    pub(crate) async fn register(&self, registration: &AgentRegistration) -> Result<()> {
+        let request = self
+            .request(Method::PUT, "/v1/agent/service/register")
+            .json(registration);
+        self.send("register", request).await.map(drop)
+    }
+
+    /// `PUT /v1/agent/service/deregister/:id`; an id the agent does not know is no error.
+    pub(crate) async fn deregister(&self, id: &str) -> Result<()> {
+        let request = self.request(Method::PUT, &format!("/v1/agent/service/deregister/{id}"));
+        match self.send("deregister", request).await {
+            Err(Error::Backend { message, .. }) if message.contains("Unknown service") => Ok(()),
+            other => other.map(drop),
+        }
+    }
+
+    /// The name of the service the agent holds under `id`: `GET /v1/agent/service/:id`.
+    pub(crate) async fn service_name(&self, id: &str) -> Result<Option<String>> {
+        #[derive(serde::Deserialize)]
+        struct Named {
+            #[serde(rename = "Service")]
+            service: String,
+        }
+        let request = self.request(Method::GET, &format!("/v1/agent/service/{id}"));
+        match self.send("agent service", request).await {
+            Ok(response) => Ok(Some(
+                self.json::<Named>("agent service", response).await?.service,
+            )),
+            Err(Error::Backend { message, .. }) if message.contains("404") => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// `PUT /v1/agent/check/pass/:check_id`.
+    pub(crate) async fn pass(&self, check_id: &str) -> Result<()> {
+        let request = self.request(Method::PUT, &format!("/v1/agent/check/pass/{check_id}"));
+        self.send("check pass", request).await.map(drop)
+    }
+
+    /// `GET /v1/health/service/:name?passing=true`, as a blocking query when `block` gives an
+    /// index and a wait. Returns the entries and the `X-Consul-Index`.
+    pub(crate) async fn health(
+        &self,
+        name: &str,
+        block: Option<(u64, Duration)>,
+    ) -> Result<(Vec<HealthEntry>, u64)> {
+        let mut request = self
+            .request(Method::GET, &format!("/v1/health/service/{name}"))
+            .query(&[("passing", "true")]);
+        if let Some(dc) = &self.datacenter {
+            request = request.query(&[("dc", dc)]);
+        }
+        if let Some((index, wait)) = block {
+            // Consul adds up to wait/16 of jitter; the client waits longer than that.
+            request = request
+                .query(&[
+                    ("index", index.to_string()),
+                    ("wait", format!("{}ms", wait.as_millis())),
+                ])
+                .timeout(wait + wait / 16 + self.request_timeout);
+        }
+        let response = self.send("health", request).await?;
+        let index = response
+            .headers()
+            .get("X-Consul-Index")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0);
+        Ok((self.json("health", response).await?, index))
+    }
+
+    /// `GET /v1/catalog/services`: every service name with its tags.
+    pub(crate) async fn services(&self) -> Result<BTreeMap<String, Vec<String>>> {
+        let mut request = self.request(Method::GET, "/v1/catalog/services");
+        if let Some(dc) = &self.datacenter {
+            request = request.query(&[("dc", dc)]);
+        }
+        let response = self.send("catalog services", request).await?;
+        self.json("catalog services", response).await
+    }
+}
+
+fn transport(operation: &'static str, e: reqwest::Error) -> Error {
+    if e.is_timeout() {
+        Error::Unavailable {
+            message: format!("Consul {operation} timed out"),
+            source: Some(std::sync::Arc::new(e)),
+        }
+    } else {
+        Error::unavailable(format!("Consul {operation} failed"), e)
+    }
+}
+
+/// Consul answers 400 for a request it refuses, 403 without permission, 404 for an unknown
+/// service or check, 429 and 5xx when it cannot answer now (500 also for some unknown ids).
+fn status_error(operation: &'static str, status: StatusCode, body: &str) -> Error {
+    let message = format!("{operation}: {status}: {body}");
+    match status {
+        StatusCode::FORBIDDEN | StatusCode::UNAUTHORIZED => Error::PermissionDenied { message },
+        StatusCode::TOO_MANY_REQUESTS => Error::Unavailable {
+            message,
+            source: None,
+        },
+        s => Error::Backend {
+            backend: SCHEME,
+            temporary: s.is_server_error()
+                && !body.contains("Unknown service")
+                && !body.contains("Unknown check"),
+            message,
+            source: None,
+        },
+    }
+}
