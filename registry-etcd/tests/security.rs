@@ -3,60 +3,10 @@
 
 mod support;
 
-use std::path::{Path, PathBuf};
-
-use rcgen::{BasicConstraints, CertificateParams, ExtendedKeyUsagePurpose, IsCa, KeyPair};
 use registry_core::{Discovery, Error, Registrar};
 use registry_etcd::{Config, EtcdRegistry};
 use support::{free_port, instance, EtcdServer, ServerTls};
-
-/// A CA, a server certificate for 127.0.0.1 and a client certificate, written as PEM files.
-struct Pki {
-    ca: PathBuf,
-    server_cert: PathBuf,
-    server_key: PathBuf,
-    client_cert: PathBuf,
-    client_key: PathBuf,
-}
-
-fn pki(dir: &Path) -> Pki {
-    let write = |name: &str, pem: String| {
-        let path = dir.join(name);
-        std::fs::write(&path, pem).expect("write PEM");
-        path
-    };
-    let ca_key = KeyPair::generate().expect("key");
-    let mut ca_params = CertificateParams::new(Vec::<String>::new()).expect("params");
-    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    let ca = ca_params.self_signed(&ca_key).expect("CA");
-
-    let server_key = KeyPair::generate().expect("key");
-    let mut server = CertificateParams::new(vec!["127.0.0.1".to_owned(), "localhost".to_owned()])
-        .expect("params");
-    server.extended_key_usages = vec![
-        ExtendedKeyUsagePurpose::ServerAuth,
-        ExtendedKeyUsagePurpose::ClientAuth,
-    ];
-    let server = server
-        .signed_by(&server_key, &ca, &ca_key)
-        .expect("server cert");
-
-    let client_key = KeyPair::generate().expect("key");
-    let mut client =
-        CertificateParams::new(vec!["registry-test-client".to_owned()]).expect("params");
-    client.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
-    let client = client
-        .signed_by(&client_key, &ca, &ca_key)
-        .expect("client cert");
-
-    Pki {
-        ca: write("ca.pem", ca.pem()),
-        server_cert: write("server.pem", server.pem()),
-        server_key: write("server-key.pem", server_key.serialize_pem()),
-        client_cert: write("client.pem", client.pem()),
-        client_key: write("client-key.pem", client_key.serialize_pem()),
-    }
-}
+use test_support::pki;
 
 async fn round_trip(registry: &EtcdRegistry) {
     let me = instance("secure", "1");

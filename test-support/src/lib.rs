@@ -5,7 +5,8 @@
 //!   test can kill, restart, wipe, freeze (SIGSTOP) and thaw;
 //! - [`server_program`]: where `scripts/backends bin SERVER` installed a server's program;
 //! - [`eventually`], [`watcher_reaches`], [`lists`]: waiting on a condition with a deadline,
-//!   never sleeping and hoping.
+//!   never sleeping and hoping;
+//! - [`pki`]: a CA with server and client certificates (rcgen), for TLS tests.
 //!
 //! A missing server program fails the test: nothing is skipped.
 
@@ -16,6 +17,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
+use rcgen::{BasicConstraints, CertificateParams, ExtendedKeyUsagePurpose, IsCa, KeyPair};
 use registry_core::{Discovery, ServiceInstance, Watcher};
 use tokio::time::{sleep, timeout, Instant};
 
@@ -153,7 +155,7 @@ impl ServerProcess {
     pub fn log_tail(&self) -> String {
         let log = std::fs::read_to_string(self.log_file()).unwrap_or_default();
         let lines: Vec<&str> = log.lines().collect();
-        lines[lines.len().saturating_sub(20)..].join("\n")
+        lines[lines.len().saturating_sub(60)..].join("\n")
     }
 
     /// Kills the process (SIGKILL) and waits for it to be gone; the data stays.
@@ -208,6 +210,61 @@ impl Drop for ServerProcess {
                 .status();
         }
         self.kill();
+    }
+}
+
+/// A CA, a server certificate for 127.0.0.1 and a client certificate, written as PEM files.
+pub struct Pki {
+    /// The CA certificate.
+    pub ca: PathBuf,
+    /// The server certificate (for 127.0.0.1 and localhost).
+    pub server_cert: PathBuf,
+    /// The server's key.
+    pub server_key: PathBuf,
+    /// A client certificate signed by the CA.
+    pub client_cert: PathBuf,
+    /// The client's key.
+    pub client_key: PathBuf,
+}
+
+/// Writes into `dir` a fresh CA, a server certificate for `127.0.0.1`/`localhost` and a
+/// client certificate, all signed by it (PEM files).
+pub fn pki(dir: &Path) -> Pki {
+    let write = |name: &str, pem: String| {
+        let path = dir.join(name);
+        std::fs::write(&path, pem).expect("write PEM");
+        path
+    };
+    let ca_key = KeyPair::generate().expect("key");
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).expect("params");
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let ca = ca_params.self_signed(&ca_key).expect("CA");
+
+    let server_key = KeyPair::generate().expect("key");
+    let mut server = CertificateParams::new(vec!["127.0.0.1".to_owned(), "localhost".to_owned()])
+        .expect("params");
+    server.extended_key_usages = vec![
+        ExtendedKeyUsagePurpose::ServerAuth,
+        ExtendedKeyUsagePurpose::ClientAuth,
+    ];
+    let server = server
+        .signed_by(&server_key, &ca, &ca_key)
+        .expect("server cert");
+
+    let client_key = KeyPair::generate().expect("key");
+    let mut client =
+        CertificateParams::new(vec!["registry-test-client".to_owned()]).expect("params");
+    client.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+    let client = client
+        .signed_by(&client_key, &ca, &ca_key)
+        .expect("client cert");
+
+    Pki {
+        ca: write("ca.pem", ca.pem()),
+        server_cert: write("server.pem", server.pem()),
+        server_key: write("server-key.pem", server_key.serialize_pem()),
+        client_cert: write("client.pem", client.pem()),
+        client_key: write("client-key.pem", client_key.serialize_pem()),
     }
 }
 

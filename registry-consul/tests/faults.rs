@@ -1,0 +1,70 @@
+//! Fault tests against a real Consul agent of each test's own. The agent killed and restarted
+//! in dev mode forgets everything: the owner registers its instance again within one
+//! heartbeat interval of the agent answering, and a watcher created before the fault delivers
+//! it. (An owner frozen past its TTL is the conformance case `paused_owner_leaves_and_returns`.)
+
+mod support;
+
+use std::time::{Duration, Instant};
+
+use registry_consul::{Config, ConsulRegistry, RegistrationState};
+use registry_core::{Discovery, Registrar};
+use support::{instance, lists, watcher_reaches, ConsulAgent};
+
+/// The check TTL of the registration living through the fault; heartbeats every second.
+const TTL: Duration = Duration::from_secs(3);
+const HEARTBEAT: Duration = Duration::from_secs(1);
+/// On top of the heartbeat: the agent's first answers and the health view.
+const SLACK: Duration = Duration::from_millis(1500);
+const WITHIN: Duration = Duration::from_secs(15);
+
+async fn connect(agent: &ConsulAgent) -> ConsulRegistry {
+    let url = agent.url(&format!(
+        "ttl={}s&deregister_after=1m&timeout=1s&connect_timeout=1s&wait=5s",
+        TTL.as_secs()
+    ));
+    ConsulRegistry::connect(Config::from_url(&url).expect("URL"))
+        .await
+        .expect("connect to the test's agent")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn agent_killed_and_restarted_forgetting_everything() {
+    support::init_logs();
+    let mut agent = ConsulAgent::start().await;
+    let owner = connect(&agent).await;
+    let watching = connect(&agent).await;
+    let a = instance("svc", "a");
+    owner.register(&a).await.expect("register");
+    let mut watcher = watching.watch("svc").await.expect("watch");
+    watcher_reaches(&mut watcher, std::slice::from_ref(&a), WITHIN).await;
+
+    agent.kill();
+    // While the agent is away, the watcher keeps its last list and says why.
+    support::eventually(WITHIN, "the watcher reports the agent away", || async {
+        watcher.last_error().is_some()
+    })
+    .await;
+    agent.restart().await;
+    let answering = Instant::now();
+
+    let fresh = connect(&agent).await;
+    lists(&fresh, "svc", std::slice::from_ref(&a), HEARTBEAT + SLACK).await;
+    assert!(
+        answering.elapsed() < HEARTBEAT + SLACK,
+        "registered again {:?} after the agent answered",
+        answering.elapsed()
+    );
+    assert_eq!(
+        owner.registration_state(&a),
+        Some(RegistrationState::Registered)
+    );
+
+    // The watcher from before the fault follows the new agent: a change after the fault.
+    let b = instance("svc", "b");
+    fresh.register(&b).await.expect("register after the fault");
+    watcher_reaches(&mut watcher, &[a.clone(), b.clone()], WITHIN).await;
+    fresh.deregister(&b).await.expect("deregister");
+    owner.deregister(&a).await.expect("deregister");
+    watcher_reaches(&mut watcher, &[], WITHIN).await;
+}
