@@ -8,6 +8,7 @@
 
 use std::future::Future;
 use std::sync::{Mutex, MutexGuard};
+use std::time::{Duration, Instant};
 
 use etcd_client::{Client, ConnectOptions};
 use registry_core::{Error, Result};
@@ -29,8 +30,13 @@ pub(crate) struct Connection {
     options: ConnectOptions,
     config: Config,
     pinned: Mutex<Pinned>,
-    switching: tokio::sync::Mutex<()>,
+    /// Held while switching; holds when the last scan found no endpoint answering, so that
+    /// failures piling up do not each scan every endpoint again.
+    switching: tokio::sync::Mutex<Option<Instant>>,
 }
+
+/// How long after a scan that found no endpoint answering the next one may start.
+const RESCAN_AFTER: Duration = Duration::from_secs(1);
 
 impl Connection {
     /// Connects to the first endpoint that answers, in the order given.
@@ -39,13 +45,13 @@ impl Connection {
             .with_connect_timeout(config.connect_timeout)
             .with_timeout(config.request_timeout)
             // Notice a dead connection (a server cut off or frozen) instead of waiting on it.
-            .with_keep_alive(
-                std::time::Duration::from_secs(5),
-                std::time::Duration::from_secs(5),
-            )
+            .with_keep_alive(Duration::from_secs(5), Duration::from_secs(5))
             .with_keep_alive_while_idle(true);
         if let Some((user, password)) = &config.credentials {
-            options = options.with_user(user.clone(), password.clone());
+            // etcd forgets tokens when idle or restarted: get a new one when told so.
+            options = options
+                .with_user(user.clone(), password.clone())
+                .with_auto_token_refresh(true);
         }
         if let Some(tls) = &config.tls {
             options = options.with_tls(tls.load()?);
@@ -63,7 +69,7 @@ impl Connection {
                             generation: 0,
                             client,
                         }),
-                        switching: tokio::sync::Mutex::new(()),
+                        switching: tokio::sync::Mutex::new(None),
                     });
                 }
                 Err(e) if !e.is_temporary() => return Err(e),
@@ -113,7 +119,7 @@ impl Connection {
         if self.endpoints.len() < 2 {
             return false;
         }
-        let _switching = self.switching.lock().await;
+        let mut last_failed_scan = self.switching.lock().await;
         let start = {
             let pinned = self.pinned();
             if pinned.generation != generation {
@@ -121,6 +127,9 @@ impl Connection {
             }
             pinned.index
         };
+        if last_failed_scan.is_some_and(|at| at.elapsed() < RESCAN_AFTER) {
+            return false;
+        }
         for step in 1..self.endpoints.len() {
             let index = (start + step) % self.endpoints.len();
             let endpoint = &self.endpoints[index];
@@ -138,6 +147,7 @@ impl Connection {
                 Err(e) => tracing::debug!(%endpoint, error = %e, "etcd endpoint does not answer"),
             }
         }
+        *last_failed_scan = Some(Instant::now());
         false
     }
 }
@@ -152,12 +162,19 @@ async fn dial(endpoint: &str, options: &ConnectOptions, config: &Config) -> Resu
             after: config.connect_timeout,
         })?
         .map_err(|e| map_err("connect", e))?;
-    tokio::time::timeout(config.request_timeout, client.status())
+    let status = tokio::time::timeout(config.request_timeout, client.status())
         .await
         .map_err(|_| Error::Timeout {
             operation: "status",
             after: config.request_timeout,
         })?
         .map_err(|e| map_err("status", e))?;
+    if status.is_learner() {
+        // A learner answers its status but refuses reads and writes.
+        return Err(Error::Unavailable {
+            message: format!("etcd endpoint {endpoint} is a learner"),
+            source: None,
+        });
+    }
     Ok(client)
 }

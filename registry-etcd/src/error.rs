@@ -10,7 +10,6 @@ mod code {
     pub const NOT_FOUND: i32 = 5;
     pub const ALREADY_EXISTS: i32 = 6;
     pub const PERMISSION_DENIED: i32 = 7;
-    pub const FAILED_PRECONDITION: i32 = 9;
     pub const OUT_OF_RANGE: i32 = 11;
     pub const UNIMPLEMENTED: i32 = 12;
     pub const UNAUTHENTICATED: i32 = 16;
@@ -28,8 +27,9 @@ pub(crate) fn is_lease_not_found(e: &Error) -> bool {
 }
 
 /// Maps an etcd-client error of `operation`. Answers that etcd gave about the request itself
-/// (bad argument, authentication, missing lease) are permanent; everything else (connection
-/// refused, timeouts, leader changes, "etcdserver: request timed out") is temporary.
+/// (bad argument, wrong password, permission, missing lease) are permanent; everything else
+/// (connection refused, timeouts, leader changes, "not capable", a member that is a learner,
+/// a stale auth token, "etcdserver: request timed out") is temporary.
 pub(crate) fn map_err(operation: &'static str, e: etcd_client::Error) -> Error {
     use etcd_client::Error as E;
     match e {
@@ -37,24 +37,30 @@ pub(crate) fn map_err(operation: &'static str, e: etcd_client::Error) -> Error {
         E::GRpcStatus(status) => {
             let code = status.code() as i32;
             let message = status.message();
-            let auth = matches!(code, code::PERMISSION_DENIED | code::UNAUTHENTICATED)
-                || (code == code::INVALID_ARGUMENT
-                    && (message.contains("authentication failed")
-                        || message.contains("user name is empty")
-                        || message.contains("invalid auth token")));
+            // A token that expired, or that etcd lost in a restart, is refreshed by the
+            // client (auto token refresh): retrying helps.
+            let stale_token =
+                message.contains("invalid auth token") || message.contains("auth store is old");
+            let auth = !stale_token
+                && (code == code::PERMISSION_DENIED
+                    || (code == code::INVALID_ARGUMENT
+                        && (message.contains("authentication failed")
+                            || message.contains("user name is empty"))));
             if auth {
                 Error::PermissionDenied {
                     message: format!("etcd {operation}: {message}"),
                 }
-            } else if matches!(
-                code,
-                code::INVALID_ARGUMENT
-                    | code::NOT_FOUND
-                    | code::ALREADY_EXISTS
-                    | code::FAILED_PRECONDITION
-                    | code::OUT_OF_RANGE
-                    | code::UNIMPLEMENTED
-            ) {
+            } else if !stale_token
+                && matches!(
+                    code,
+                    code::INVALID_ARGUMENT
+                        | code::NOT_FOUND
+                        | code::ALREADY_EXISTS
+                        | code::OUT_OF_RANGE
+                        | code::UNIMPLEMENTED
+                        | code::UNAUTHENTICATED
+                )
+            {
                 permanent(format!("{operation}: {message}"))
             } else {
                 Error::unavailable(format!("etcd {operation} failed"), E::GRpcStatus(status))

@@ -23,8 +23,7 @@ pub use config::{Config, TlsConfig};
 pub use registration::RegistrationState;
 
 use crate::core::Connection;
-use crate::error::is_lease_not_found;
-use crate::registration::{put_under, write, Registration};
+use crate::registration::{write, Registration};
 
 /// The URL scheme of this backend.
 pub const SCHEME: &str = "etcd";
@@ -48,7 +47,7 @@ struct Inner {
     conn: Arc<Connection>,
     config: Config,
     hub: WatchHub,
-    registrations: Mutex<HashMap<String, Registration>>,
+    registrations: Mutex<HashMap<String, Arc<Registration>>>,
 }
 
 /// The etcd registry. Share it through `Arc`. Dropping it stops every keep-alive at once
@@ -87,12 +86,10 @@ impl EtcdRegistry {
     /// The state of the registration of `instance` made through this registry, if any.
     pub fn registration_state(&self, instance: &ServiceInstance) -> Option<RegistrationState> {
         let key = self.key(&instance.name, &instance.id);
-        self.registrations()
-            .get(&key)
-            .map(|r| r.state.borrow().clone())
+        self.registrations().get(&key).map(|r| r.state())
     }
 
-    fn registrations(&self) -> MutexGuard<'_, HashMap<String, Registration>> {
+    fn registrations(&self) -> MutexGuard<'_, HashMap<String, Arc<Registration>>> {
         self.inner
             .registrations
             .lock()
@@ -113,41 +110,37 @@ impl Registrar for EtcdRegistry {
     async fn register(&self, instance: &ServiceInstance) -> Result<()> {
         instance.validate()?;
         let key = self.key(&instance.name, &instance.id);
-        let ttl = self.inner.config.ttl;
-        // A registration that exists: write the new value under its current lease.
-        let current = {
-            let registrations = self.registrations();
-            registrations.get(&key).map(|r| {
-                r.latest.send_replace(instance.clone());
-                r.state.borrow().clone()
-            })
-        };
-        if let Some(RegistrationState::Registered { lease }) = current {
-            return match put_under(&self.inner.conn, &key, instance, lease).await {
-                // The lease just ran out: the registration's task is writing the latest
-                // value (set above) under a new one.
-                Err(e) if is_lease_not_found(&e) => Ok(()),
-                other => other,
-            };
+        let within = self.inner.config.request_timeout * 2;
+        // A registration that exists: its task writes the new value under its lease.
+        let existing = self.registrations().get(&key).cloned();
+        if let Some(existing) = existing {
+            return existing.update(instance, within).await;
         }
-        if current.is_some() {
-            // Being re-registered: it will write the latest value.
-            return Ok(());
-        }
-        let lease = write(&self.inner.conn, &key, instance, ttl).await?;
-        let registration = Registration::start(
+        let lease = write(&self.inner.conn, &key, instance, self.inner.config.ttl).await?;
+        let started = Arc::new(Registration::start(
             self.inner.conn.clone(),
             key.clone(),
-            ttl,
+            self.inner.config.ttl,
             lease,
             instance.clone(),
-        );
-        let replaced = self.registrations().insert(key.clone(), registration);
-        if let Some(replaced) = replaced {
-            // A concurrent first register of the same id wrote under its own lease, whose
-            // keep-alive we just stopped: the last one inserted writes again under its lease.
-            drop(replaced);
-            put_under(&self.inner.conn, &key, instance, lease).await?;
+        ));
+        let raced = {
+            let mut registrations = self.registrations();
+            match registrations.get(&key) {
+                Some(first) => Some(first.clone()),
+                None => {
+                    registrations.insert(key.clone(), started.clone());
+                    None
+                }
+            }
+        };
+        if let Some(first) = raced {
+            // A concurrent first register of the same id won: its task writes our value
+            // under its lease; then ours, holding nothing, is stopped and revoked.
+            let written = first.update(instance, within).await;
+            let ours = started.stop().await;
+            self.revoke(ours).await;
+            return written;
         }
         Ok(())
     }
@@ -157,8 +150,11 @@ impl Registrar for EtcdRegistry {
         validate_id(&instance.id)?;
         let key = self.key(&instance.name, &instance.id);
         let registration = self.registrations().remove(&key);
-        let lease = registration.as_ref().and_then(Registration::lease);
-        drop(registration); // stops the keep-alive
+        if let Some(registration) = registration {
+            // Stop the task first, then revoke its lease: a write it had in flight fails.
+            let lease = registration.stop().await;
+            self.revoke(lease).await;
+        }
         self.inner
             .conn
             .run("delete", |mut c| {
@@ -166,13 +162,18 @@ impl Registrar for EtcdRegistry {
                 async move { c.delete(key, None).await }
             })
             .await?;
-        if let Some(lease) = lease {
-            let (_, mut client) = self.inner.conn.client();
-            if let Err(e) = client.lease_revoke(lease).await {
-                tracing::debug!(lease, error = %e, "lease revoke after deregister failed");
-            }
-        }
         Ok(())
+    }
+}
+
+impl EtcdRegistry {
+    /// Revokes a lease (deleting what is attached to it); failures only log: an unrevoked
+    /// lease expires after its TTL.
+    async fn revoke(&self, lease: i64) {
+        let (_, mut client) = self.inner.conn.client();
+        if let Err(e) = client.lease_revoke(lease).await {
+            tracing::debug!(lease, error = %e, "etcd lease revoke failed");
+        }
     }
 }
 

@@ -32,8 +32,9 @@ pub(crate) fn decode(key: &[u8], value: &[u8], name: &str) -> Option<ServiceInst
 pub(crate) struct View {
     /// The valid instances, by key.
     instances: BTreeMap<Vec<u8>, ServiceInstance>,
-    /// The `mod_revision` of every key under the prefix, the skipped ones included.
-    revisions: BTreeMap<Vec<u8>, i64>,
+    /// The `mod_revision` and a hash of the value of every key under the prefix, the
+    /// skipped ones included.
+    revisions: BTreeMap<Vec<u8>, (i64, u64)>,
     /// The store revision this view is the state of.
     revision: i64,
 }
@@ -44,7 +45,8 @@ impl View {
     }
 
     fn put(&mut self, key: &[u8], value: &[u8], mod_revision: i64, name: &str) {
-        self.revisions.insert(key.to_vec(), mod_revision);
+        self.revisions
+            .insert(key.to_vec(), (mod_revision, value_hash(value)));
         match decode(key, value, name) {
             Some(instance) => self.instances.insert(key.to_vec(), instance),
             None => self.instances.remove(key),
@@ -55,6 +57,13 @@ impl View {
         self.revisions.remove(key);
         self.instances.remove(key);
     }
+}
+
+fn value_hash(value: &[u8]) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    value.hash(&mut hasher);
+    hasher.finish()
 }
 
 /// Lists the prefix: the instances by key, and the revision of the read.
@@ -76,19 +85,21 @@ pub(crate) async fn list(conn: &Connection, prefix: &str, name: &str) -> Result<
 
 /// Whether etcd's history still holds `view` at its revision, so that a watch from the next
 /// revision continues it without a gap: false when that revision was compacted away, or when
-/// etcd lost its data (the revision is in the future, or its keys differ).
+/// etcd lost its data (the revision is in the future, or its keys or values differ).
 async fn still_holds(conn: &Connection, prefix: &str, view: &View) -> Result<bool> {
     let (generation, mut client) = conn.client();
-    let options = GetOptions::new()
-        .with_prefix()
-        .with_keys_only()
-        .with_revision(view.revision);
+    let options = GetOptions::new().with_prefix().with_revision(view.revision);
     match client.get(prefix, Some(options)).await {
         Ok(resp) => {
-            let then: BTreeMap<Vec<u8>, i64> = resp
+            let then: BTreeMap<Vec<u8>, (i64, u64)> = resp
                 .kvs()
                 .iter()
-                .map(|kv| (kv.key().to_vec(), kv.mod_revision()))
+                .map(|kv| {
+                    (
+                        kv.key().to_vec(),
+                        (kv.mod_revision(), value_hash(kv.value())),
+                    )
+                })
                 .collect();
             Ok(then == view.revisions)
         }

@@ -66,6 +66,8 @@ async fn survives(fault: Fault) {
         list
     };
 
+    let lease_before = registered_lease(&owner, &a);
+
     match fault {
         Fault::KillAndRestart => server.restart().await,
         Fault::WipeAndRestart => server.wipe_and_restart().await,
@@ -87,6 +89,15 @@ async fn survives(fault: Fault) {
         )
     })
     .await;
+    let lease = registered_lease(&owner, &a);
+    if !matches!(fault, Fault::KillAndRestart) {
+        assert_ne!(
+            lease, lease_before,
+            "the old lease is gone: a new one holds the key"
+        );
+    }
+    // The key is attached to the lease the registration keeps alive, not to a dead one.
+    assert_eq!(raw_lease(&server, "/faults/svc/a").await, lease);
 
     // The watcher from before the fault still follows: a change made after the fault shows
     // it the state after the fault (a watcher lists only after a change).
@@ -96,12 +107,32 @@ async fn survives(fault: Fault) {
     fresh.deregister(&b).await.expect("deregister");
     watcher_reaches(&mut watcher, &survivors, RECOVERY).await;
 
-    // And the registration is kept alive afterwards, past several TTLs.
+    // And the registration is kept alive afterwards, past several TTLs, by keep-alives of the
+    // same lease (not by writing it again and again).
+    let lease = registered_lease(&owner, &a);
     tokio::time::sleep(TTL * 3).await;
     assert_eq!(fresh.get_service("svc").await.expect("list"), survivors);
+    assert_eq!(registered_lease(&owner, &a), lease);
+    assert_eq!(raw_lease(&server, "/faults/svc/a").await, lease);
     owner.deregister(&a).await.expect("deregister");
     let without_a: Vec<_> = survivors.iter().filter(|i| i.id != "a").cloned().collect();
     watcher_reaches(&mut watcher, &without_a, RECOVERY).await;
+}
+
+fn registered_lease(owner: &EtcdRegistry, instance: &ServiceInstance) -> i64 {
+    match owner.registration_state(instance) {
+        Some(RegistrationState::Registered { lease }) => lease,
+        other => panic!("not registered: {other:?}"),
+    }
+}
+
+/// The lease the key is attached to, read with the raw client.
+async fn raw_lease(server: &EtcdServer, key: &str) -> i64 {
+    let mut raw = etcd_client::Client::connect([server.endpoint()], None)
+        .await
+        .expect("raw client");
+    let resp = raw.get(key, None).await.expect("raw get");
+    resp.kvs().first().expect("the key exists").lease()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

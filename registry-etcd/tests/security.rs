@@ -3,6 +3,8 @@
 
 mod support;
 
+use std::time::Duration;
+
 use registry_core::{Discovery, Error, Registrar};
 use registry_etcd::{Config, EtcdRegistry};
 use support::{free_port, instance, EtcdServer, ServerTls};
@@ -84,7 +86,7 @@ async fn tls_with_a_client_certificate() {
 #[tokio::test]
 async fn user_and_password() {
     support::init_logs();
-    let server = EtcdServer::start().await;
+    let mut server = EtcdServer::start().await;
     let mut admin = etcd_client::Client::connect([server.endpoint()], None)
         .await
         .expect("raw client");
@@ -108,11 +110,36 @@ async fn user_and_password() {
         "{registry:?}"
     );
 
-    let url = format!("{}/auth?username=root&password=s3cret-pw", server.url());
+    let url = format!(
+        "{}/auth?username=root&password=s3cret-pw&ttl=2s&timeout=1s",
+        server.url()
+    );
     let registry = EtcdRegistry::connect(Config::from_url(&url).expect("URL"))
         .await
         .expect("connect with user and password as options");
     round_trip(&registry).await;
+
+    // etcd forgets its auth tokens when restarted: the registration and later calls get a
+    // new token by themselves.
+    let kept = instance("secure", "kept");
+    registry.register(&kept).await.expect("register");
+    server.restart().await;
+    support::lists(
+        &registry,
+        "secure",
+        std::slice::from_ref(&kept),
+        Duration::from_secs(15),
+    )
+    .await;
+    let after = instance("secure", "after");
+    support::eventually(
+        Duration::from_secs(15),
+        "register after the restart",
+        || async { registry.register(&after).await.is_ok() },
+    )
+    .await;
+    registry.deregister(&after).await.expect("deregister");
+    registry.deregister(&kept).await.expect("deregister");
 
     let url = format!("{}/auth?username=root&password=wrong-pw", server.url());
     let err = EtcdRegistry::connect(Config::from_url(&url).expect("URL"))
