@@ -30,3 +30,13 @@ conformance_suite!(
         "consul://127.0.0.1:8500?deregister_after=1m".to_owned()
     })
 );
+
+// The session timeout is ZooKeeper's TTL; the shared server's tick is 500 ms (floor 1 s).
+#[cfg(feature = "zookeeper")]
+conformance_suite!(
+    zookeeper,
+    Target::new("zookeeper", |run| format!(
+        "zk://127.0.0.1:2181/conformance-{run}"
+    ))
+    .ttl_param("session_timeout")
+);

@@ -1,22 +1,201 @@
-//! The ZooKeeper backend of the service registry toolkit (`zk://`).
-//!
-//! Not implemented yet: this crate holds its place in the workspace layout. The facade's
-//! `connect("zk://...")` answers with [`Error::Unsupported`] until it lands.
+#![doc = include_str!("../README.md")]
 
-/// The URL scheme this backend will serve.
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use registry_core::validate::{validate_id, validate_name};
+use registry_core::{
+    Capabilities, Checked, Discovery, Registrar, Registry, Result, ServiceInstance, WatchHub,
+    Watcher,
+};
+use tokio::task::JoinHandle;
+use zookeeper_client::Error as Z;
+
+mod config;
+mod error;
+mod node;
+mod session;
+mod watch;
+
+pub use config::{Config, DEFAULT_PORT, DEFAULT_ROOT, DEFAULT_SESSION_TIMEOUT};
+pub use session::RegistrationState;
+
+use crate::error::map_err;
+use crate::node::timed_raw;
+use crate::session::{Entry, Zk};
+
+/// The URL scheme of this backend.
 pub const SCHEME: &str = "zk";
 
-use std::sync::Arc;
-
-use registry_core::{Error, Registry, Result};
-
-/// Connects to the registry `url` names; the facade's `connect` calls this for `zk://`.
-///
-/// Until this backend lands it answers [`Error::Unsupported`].
+/// Connects to the ZooKeeper the URL names (see [`Config::from_url`]); the facade's `connect`
+/// calls this for `zk://`.
 pub async fn connect(url: &str) -> Result<Arc<dyn Registry>> {
-    let _ = url;
-    Err(Error::Unsupported {
-        backend: SCHEME,
-        operation: "connect (this backend is not implemented yet)",
-    })
+    let registry = ZkRegistry::connect(Config::from_url(url)?).await?;
+    Ok(Arc::new(Checked::new(registry)))
+}
+
+/// The ZooKeeper registry. Share it through `Arc`. Dropping it closes its session: its
+/// ephemeral nodes go at once, and its watchers end.
+pub struct ZkRegistry {
+    zk: Arc<Zk>,
+    hub: WatchHub,
+    supervisor: JoinHandle<()>,
+}
+
+impl fmt::Debug for ZkRegistry {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ZkRegistry")
+            .field("config", &self.zk.config)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Drop for ZkRegistry {
+    fn drop(&mut self) {
+        self.supervisor.abort();
+        self.hub.shutdown();
+        // The last client handle goes with the tasks: the session is closed.
+        self.zk.current.send_replace(None);
+    }
+}
+
+impl ZkRegistry {
+    /// Connects a session; fails when no server answers, or when the config is invalid (a
+    /// permanent error).
+    pub async fn connect(config: Config) -> Result<Self> {
+        config.check().map_err(|reason| {
+            registry_core::Error::invalid("zookeeper config", format!("{config:?}"), reason)
+        })?;
+        let zk = Zk::connect(config).await?;
+        Ok(ZkRegistry {
+            supervisor: tokio::spawn(session::supervise(zk.clone())),
+            zk,
+            hub: WatchHub::new(),
+        })
+    }
+
+    /// The state of the registration of `instance` made through this registry, if any.
+    pub async fn registration_state(
+        &self,
+        instance: &ServiceInstance,
+    ) -> Option<RegistrationState> {
+        let path = self.path(&instance.name, &instance.id);
+        self.zk
+            .registrations
+            .lock()
+            .await
+            .get(&path)
+            .map(|e| e.state.clone())
+    }
+
+    /// The id of the current session, if one is established.
+    pub fn session_id(&self) -> Option<i64> {
+        self.zk.current.borrow().as_ref().map(|c| c.session_id().0)
+    }
+
+    fn service_path(&self, name: &str) -> String {
+        format!("{}/{name}", self.zk.config.root)
+    }
+
+    fn path(&self, name: &str, id: &str) -> String {
+        format!("{}/{id}", self.service_path(name))
+    }
+}
+
+#[async_trait]
+impl Registrar for ZkRegistry {
+    async fn register(&self, instance: &ServiceInstance) -> Result<()> {
+        instance.validate()?;
+        let path = self.path(&instance.name, &instance.id);
+        let client = self.zk.client().await?;
+        let mut registrations = self.zk.registrations.lock().await;
+        let session = node::create(&self.zk, &client, &path, instance).await?;
+        registrations.insert(
+            path,
+            Entry {
+                instance: instance.clone(),
+                state: RegistrationState::Registered { session },
+            },
+        );
+        Ok(())
+    }
+
+    async fn deregister(&self, instance: &ServiceInstance) -> Result<()> {
+        validate_name(&instance.name)?;
+        validate_id(&instance.id)?;
+        let path = self.path(&instance.name, &instance.id);
+        let mut registrations = self.zk.registrations.lock().await;
+        registrations.remove(&path);
+        let client = self.zk.client().await?;
+        node::delete_ours(&self.zk, &client, &path).await
+    }
+}
+
+#[async_trait]
+impl Discovery for ZkRegistry {
+    async fn get_service(&self, name: &str) -> Result<Vec<ServiceInstance>> {
+        validate_name(name)?;
+        let client = self.zk.client().await?;
+        let instances = watch::list(&self.zk, &client, &self.service_path(name), name).await?;
+        let mut list: Vec<_> = instances.into_values().collect();
+        list.sort_by(|a, b| a.id.cmp(&b.id));
+        Ok(list)
+    }
+
+    async fn watch(&self, name: &str) -> Result<Watcher> {
+        validate_name(name)?;
+        let zk = self.zk.clone();
+        let service_path = self.service_path(name);
+        let owned = name.to_owned();
+        self.hub
+            .watch(name, move |publisher| {
+                watch::follow(zk, service_path, owned, publisher)
+            })
+            .await
+    }
+}
+
+#[async_trait]
+impl Registry for ZkRegistry {
+    fn scheme(&self) -> &'static str {
+        SCHEME
+    }
+
+    fn capabilities(&self) -> Capabilities {
+        Capabilities {
+            register: true,
+            watch: true,
+            list_services: true,
+            ttl_expiry: true,
+            cross_process: true,
+            // The server expires sessions on tick boundaries.
+            expiry_slack: Duration::from_millis(1500),
+            // Two ticks of the test servers (tickTime 500 ms); a server's own floor applies.
+            min_ttl: Duration::from_secs(1),
+        }
+    }
+
+    /// The services with at least one node under the root.
+    async fn list_services(&self) -> Result<Vec<String>> {
+        let client = self.zk.client().await?;
+        let root = &self.zk.config.root;
+        let names = match timed_raw(&self.zk, client.list_children(root)).await? {
+            Ok(names) => names,
+            Err(Z::NoNode) => return Ok(Vec::new()),
+            Err(e) => return Err(map_err("list", e)),
+        };
+        let mut services = Vec::new();
+        for name in names {
+            let path = format!("{root}/{name}");
+            match timed_raw(&self.zk, client.list_children(&path)).await? {
+                Ok(children) if !children.is_empty() => services.push(name),
+                Ok(_) | Err(Z::NoNode) => {}
+                Err(e) => return Err(map_err("list", e)),
+            }
+        }
+        services.sort();
+        Ok(services)
+    }
 }

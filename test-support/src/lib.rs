@@ -66,15 +66,23 @@ pub fn free_port() -> u16 {
 /// Builds a server's arguments from its data directory.
 pub type ArgsFn = Box<dyn Fn(&Path) -> Vec<OsString> + Send + Sync>;
 
-/// How to run one server: its program, its arguments (given the data directory), and the log
-/// line it prints once it serves clients.
+/// How to tell that a server serves clients.
+pub enum Ready {
+    /// It logs this text (stdout or stderr) once ready.
+    LogLine(&'static str),
+    /// This probe answers true.
+    Probe(Box<dyn Fn() -> bool + Send + Sync>),
+}
+
+/// How to run one server: its program, its arguments (given the data directory), and how to
+/// tell that it is ready.
 pub struct ServerSpec {
     /// The program.
     pub program: PathBuf,
     /// Its arguments, given its data directory.
     pub args: ArgsFn,
-    /// A text the server logs (stdout or stderr) once it is ready.
-    pub ready_line: &'static str,
+    /// When it is ready.
+    pub ready: Ready,
 }
 
 /// One server process of a test's own. Dropping it kills the process and deletes its files.
@@ -146,9 +154,15 @@ impl ServerProcess {
             {
                 panic!("the server exited with {status}; log:\n{}", self.log_tail());
             }
-            // The log is appended to across launches: count the ready lines.
-            let log = std::fs::read_to_string(self.log_file()).unwrap_or_default();
-            if log.matches(self.spec.ready_line).count() >= self.launches {
+            let ready = match &self.spec.ready {
+                // The log is appended to across launches: count the ready lines.
+                Ready::LogLine(line) => {
+                    let log = std::fs::read_to_string(self.log_file()).unwrap_or_default();
+                    log.matches(line).count() >= self.launches
+                }
+                Ready::Probe(probe) => probe(),
+            };
+            if ready {
                 return;
             }
             assert!(

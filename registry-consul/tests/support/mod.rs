@@ -8,7 +8,7 @@ use std::ops::{Deref, DerefMut};
 
 #[allow(unused_imports)] // each test file uses part of it
 pub use test_support::{eventually, free_port, instance, lists, watcher_reaches};
-use test_support::{server_program, ServerProcess, ServerSpec};
+use test_support::{server_program, Ready, ServerProcess, ServerSpec};
 
 /// Logs of this crate, shown for failing tests.
 pub fn init_logs() {
@@ -94,7 +94,7 @@ impl ConsulAgent {
                 }
                 args
             }),
-            ready_line: "agent: Synced node info",
+            ready: Ready::LogLine("agent: Synced node info"),
         };
         ConsulAgent {
             process: ServerProcess::start(spec).await,

@@ -9,7 +9,7 @@ use std::path::PathBuf;
 
 #[allow(unused_imports)] // each test file uses part of it
 pub use test_support::{eventually, free_port, instance, lists, watcher_reaches};
-use test_support::{server_program, ServerProcess, ServerSpec};
+use test_support::{server_program, Ready, ServerProcess, ServerSpec};
 
 /// Logs of this crate, shown for failing tests.
 pub fn init_logs() {
@@ -76,7 +76,7 @@ impl EtcdServer {
                 }
                 args
             }),
-            ready_line: "ready to serve client requests",
+            ready: Ready::LogLine("ready to serve client requests"),
         };
         EtcdServer {
             process: ServerProcess::start(spec).await,

@@ -1,0 +1,236 @@
+//! The ZooKeeper session: one client at a time; when its session ends (expired, or the
+//! server lost it with its data) a new one is made, with back-off that never gives up, and
+//! every registration of this registry is created again with its latest value.
+
+use std::collections::{BTreeMap, HashSet};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use registry_core::{Backoff, Error, Result, ServiceInstance};
+use tokio::sync::watch;
+use zookeeper_client::{Acls, Client, CreateMode, CreateOptions, SessionState};
+
+use crate::Config;
+
+/// What a registration is doing, readable through
+/// [`ZkRegistry::registration_state`](crate::ZkRegistry::registration_state).
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum RegistrationState {
+    /// The node exists, owned by this session.
+    Registered {
+        /// The session that owns the ephemeral node.
+        session: i64,
+    },
+    /// The session ended: creating the node again in a new one.
+    Reregistering {
+        /// How many attempts failed so far.
+        attempt: u32,
+        /// The last failure.
+        last_error: String,
+    },
+}
+
+/// One registration: its latest value and state.
+pub(crate) struct Entry {
+    pub(crate) instance: ServiceInstance,
+    pub(crate) state: RegistrationState,
+}
+
+/// The session shared by a registry's calls, watches and background task.
+pub(crate) struct Zk {
+    pub(crate) config: Config,
+    /// The client of the live session; `None` while a new one is being made.
+    pub(crate) current: watch::Sender<Option<Client>>,
+    /// Every session this registry had: a node owned by one of them is ours to replace.
+    sessions: Mutex<HashSet<i64>>,
+    /// The registrations, by path. Held across their writes, so that register, deregister and
+    /// re-creation after a new session never interleave.
+    pub(crate) registrations: tokio::sync::Mutex<BTreeMap<String, Entry>>,
+}
+
+impl Zk {
+    /// Connects a first session.
+    pub(crate) async fn connect(config: Config) -> Result<Arc<Zk>> {
+        let client = new_client(&config).await?;
+        let zk = Zk {
+            config,
+            current: watch::Sender::new(None),
+            sessions: Mutex::default(),
+            registrations: tokio::sync::Mutex::default(),
+        };
+        zk.install(client);
+        Ok(Arc::new(zk))
+    }
+
+    fn sessions(&self) -> MutexGuard<'_, HashSet<i64>> {
+        self.sessions.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn install(&self, client: Client) {
+        self.sessions().insert(client.session_id().0);
+        self.current.send_replace(Some(client));
+    }
+
+    /// Whether `session` is one this registry had.
+    pub(crate) fn is_ours(&self, session: i64) -> bool {
+        self.sessions().contains(&session)
+    }
+
+    /// The client of the live session, waiting up to the connect timeout while a new session
+    /// is being made.
+    pub(crate) async fn client(&self) -> Result<Client> {
+        let mut current = self.current.subscribe();
+        let waited = tokio::time::timeout(
+            self.config.connect_timeout,
+            current.wait_for(Option::is_some),
+        )
+        .await;
+        match waited {
+            Ok(Ok(client)) => client.clone().ok_or(Error::Closed),
+            Ok(Err(_)) => Err(Error::Closed),
+            Err(_) => Err(Error::Unavailable {
+                message: "ZooKeeper session is being re-established".into(),
+                source: None,
+            }),
+        }
+    }
+
+    /// The ACLs of what we create: the digest user's only, or open.
+    pub(crate) fn acls(&self) -> Acls<'static> {
+        if self.config.digest.is_some() {
+            Acls::creator_all()
+        } else {
+            Acls::anyone_all()
+        }
+    }
+
+    /// Options to create an ephemeral node.
+    pub(crate) fn ephemeral(&self) -> CreateOptions<'static> {
+        CreateMode::Ephemeral.with_acls(self.acls())
+    }
+
+    /// Options to create a persistent parent.
+    pub(crate) fn persistent(&self) -> CreateOptions<'static> {
+        CreateMode::Persistent.with_acls(self.acls())
+    }
+}
+
+/// Connects a new session.
+async fn new_client(config: &Config) -> Result<Client> {
+    let mut connector = Client::connector();
+    connector
+        .session_timeout(config.session_timeout)
+        .connection_timeout(config.connect_timeout);
+    if let Some((user, password)) = &config.digest {
+        connector.auth(
+            "digest".to_owned(),
+            format!("{user}:{password}").into_bytes(),
+        );
+    }
+    let cluster = config.cluster();
+    // The connector retries servers on its own; bound the whole attempt.
+    let connecting = connector.connect(&cluster);
+    match tokio::time::timeout(config.connect_timeout * 2, connecting).await {
+        Ok(Ok(client)) => Ok(client),
+        Ok(Err(e)) => Err(crate::error::map_err("connect", e)),
+        Err(_) => Err(Error::Timeout {
+            operation: "connect",
+            after: config.connect_timeout * 2,
+        }),
+    }
+}
+
+/// The registry's background task: waits for the session to end, makes a new one and creates
+/// every registration again in it. Returns when the session was closed on purpose.
+pub(crate) async fn supervise(zk: Arc<Zk>) {
+    let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
+    loop {
+        let Some(client) = zk.current.borrow().clone() else {
+            return;
+        };
+        let mut states = client.state_watcher();
+        let ended = loop {
+            let state = states.changed().await;
+            if state.is_terminated() {
+                break state;
+            }
+        };
+        drop(client);
+        if ended == SessionState::Closed {
+            return;
+        }
+        tracing::warn!(state = ?ended, "ZooKeeper session ended; making a new one");
+        zk.current.send_replace(None);
+        let mut attempt = 0u32;
+        let client = loop {
+            match new_client(&zk.config).await {
+                Ok(client) => break client,
+                Err(e) => {
+                    attempt += 1;
+                    let delay = backoff.delay();
+                    tracing::warn!(attempt, error = %e, retry_in = ?delay, "ZooKeeper reconnect failed");
+                    mark_all(&zk, attempt, &e).await;
+                    tokio::time::sleep(delay).await;
+                }
+            }
+        };
+        backoff.reset();
+        tracing::info!(session = %client.session_id(), "ZooKeeper session established");
+        zk.install(client);
+        recreate_all(&zk).await;
+    }
+}
+
+async fn mark_all(zk: &Zk, attempt: u32, e: &Error) {
+    for entry in zk.registrations.lock().await.values_mut() {
+        entry.state = RegistrationState::Reregistering {
+            attempt,
+            last_error: e.to_string(),
+        };
+    }
+}
+
+/// Creates every registration again in the new session, retrying those that fail until all
+/// are back or the session ends again (the next round then takes over).
+async fn recreate_all(zk: &Zk) {
+    let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
+    let mut attempt = 0u32;
+    loop {
+        let Some(client) = zk.current.borrow().clone() else {
+            return;
+        };
+        if client.state().is_terminated() {
+            return;
+        }
+        let mut failed = 0;
+        {
+            let mut registrations = zk.registrations.lock().await;
+            for (path, entry) in registrations.iter_mut() {
+                if matches!(entry.state, RegistrationState::Registered { session } if session == client.session_id().0)
+                {
+                    continue;
+                }
+                match crate::node::create(zk, &client, path, &entry.instance).await {
+                    Ok(session) => {
+                        tracing::info!(%path, attempt, "ZooKeeper registration restored");
+                        entry.state = RegistrationState::Registered { session };
+                    }
+                    Err(e) => {
+                        failed += 1;
+                        tracing::warn!(%path, attempt, error = %e, "ZooKeeper re-registration failed");
+                        entry.state = RegistrationState::Reregistering {
+                            attempt: attempt + 1,
+                            last_error: e.to_string(),
+                        };
+                    }
+                }
+            }
+        }
+        if failed == 0 {
+            return;
+        }
+        attempt += 1;
+        tokio::time::sleep(backoff.delay()).await;
+    }
+}
