@@ -90,6 +90,14 @@ impl ZkRegistry {
             .map(|e| e.state.clone())
     }
 
+    /// Counts `session` as an earlier session of this registry, whose nodes register may
+    /// replace (as it does for the registry's own expired sessions). For tests that need a
+    /// stale node of an earlier session, which a live registry only meets in rare races.
+    #[doc(hidden)]
+    pub fn adopt_earlier_session(&self, session: i64) {
+        self.zk.adopt(session);
+    }
+
     /// The id of the current session, if one is established.
     pub fn session_id(&self) -> Option<i64> {
         self.zk.current.borrow().as_ref().map(|c| c.session_id().0)

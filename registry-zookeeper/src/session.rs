@@ -72,6 +72,11 @@ impl Zk {
         self.current.send_replace(Some(client));
     }
 
+    /// Counts `session` as one this registry had.
+    pub(crate) fn adopt(&self, session: i64) {
+        self.sessions().insert(session);
+    }
+
     /// Whether `session` is one this registry had.
     pub(crate) fn is_ours(&self, session: i64) -> bool {
         self.sessions().contains(&session)

@@ -100,6 +100,16 @@ async fn follow_session(
         match event.event_type {
             EventType::Session => match event.session_state {
                 SessionState::SyncConnected | SessionState::ConnectedReadOnly => {
+                    // zookeeper-client 0.9.3 re-sends only one-shot watches on reconnect (its
+                    // `resend_watches` never selects SetWatches2), so a restarted server has
+                    // lost our persistent watch: add it again, then list what was missed.
+                    let renewed = timed(
+                        zk,
+                        "watch",
+                        client.watch(service_path, AddWatchMode::PersistentRecursive),
+                    )
+                    .await?;
+                    watcher = renewed;
                     instances = list(zk, client, service_path, name).await?;
                 }
                 SessionState::Disconnected => continue,
