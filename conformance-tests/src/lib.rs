@@ -41,7 +41,8 @@ pub struct Target {
     pub url: fn(run: &str) -> String,
     /// The short TTL the keep-alive and crash cases register with.
     pub short_ttl: Duration,
-    /// The URL query key that sets the TTL (`ttl` unless the backend names it otherwise).
+    /// The URL query key that sets the TTL (`ttl` unless the backend names it otherwise;
+    /// empty for a backend whose expiry is not set by the client, such as Nacos').
     pub ttl_param: &'static str,
     /// The owner helper binary (`registry-owner` of this crate), for the crash case of
     /// backends whose registrations are visible across processes.
@@ -90,6 +91,8 @@ pub struct Ctx {
     /// Its capabilities.
     pub caps: Capabilities,
     registered: Mutex<Vec<ServiceInstance>>,
+    /// The port pair given to each (service, id), so that instances never share an address.
+    ports: Mutex<std::collections::HashMap<(String, String), u16>>,
 }
 
 impl Ctx {
@@ -112,6 +115,7 @@ impl Ctx {
             registry,
             caps,
             registered: Mutex::default(),
+            ports: Mutex::default(),
         }
     }
 
@@ -120,9 +124,12 @@ impl Ctx {
         (self.target.url)(&self.run)
     }
 
-    /// The URL of this run with the short TTL.
+    /// The URL of this run with the short TTL (the URL itself when the backend takes none).
     pub fn short_ttl_url(&self) -> String {
         let url = self.url();
+        if self.target.ttl_param.is_empty() {
+            return url;
+        }
         let sep = if url.contains('?') { '&' } else { '?' };
         let ttl = self.target.short_ttl;
         format!("{url}{sep}{}={}ms", self.target.ttl_param, ttl.as_millis())
@@ -137,15 +144,25 @@ impl Ctx {
     /// A valid instance of `service` with an HTTP and a gRPC endpoint, whose id is `id`
     /// followed by the service name: instance ids are unique across services, as in kratos
     /// (UUIDs) and as Consul requires (its agent keys services by id alone).
+    ///
+    /// Each (service, id) gets ports of its own, the same on every call: distinct instances
+    /// never share an address, as registries that key instances by address (Nacos) require.
     pub fn instance(&self, service: &str, id: &str) -> ServiceInstance {
+        let port = {
+            let mut ports = self.ports.lock().unwrap_or_else(|p| p.into_inner());
+            let next = 20000 + 2 * ports.len() as u16;
+            *ports
+                .entry((service.to_owned(), id.to_owned()))
+                .or_insert(next)
+        };
         ServiceInstance {
             id: format!("{id}.{service}"),
             name: service.to_owned(),
             version: "v1.0.0".to_owned(),
             metadata: [("case".to_owned(), "conformance".to_owned())].into(),
             endpoints: vec![
-                "http://127.0.0.1:8000".to_owned(),
-                "grpc://127.0.0.1:9000?isSecure=false".to_owned(),
+                format!("http://127.0.0.1:{port}"),
+                format!("grpc://127.0.0.1:{}?isSecure=false", port + 1),
             ],
         }
     }

@@ -40,3 +40,16 @@ conformance_suite!(
     ))
     .ttl_param("session_timeout")
 );
+
+// Nacos' expiry is the server's: a dead owner's connection drops at once; a silent one is
+// probed after the server's detection timeout (2 s on the test server, plus 3 s for the
+// answer and a 2 s check period). A namespace per run keeps runs apart.
+#[cfg(feature = "nacos")]
+conformance_suite!(
+    nacos,
+    Target::new("nacos", |run| format!(
+        "nacos://127.0.0.1:8848?namespace=conformance-{run}"
+    ))
+    .ttl_param("")
+    .short_ttl(Duration::from_secs(6))
+);
