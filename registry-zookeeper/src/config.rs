@@ -158,8 +158,14 @@ impl Config {
         if self.servers.is_empty() {
             return Err("no ZooKeeper server".into());
         }
-        if self.session_timeout < std::time::Duration::from_millis(100) {
+        if self.session_timeout < Duration::from_millis(100) {
             return Err("session_timeout below 100ms".into());
+        }
+        if self.session_timeout > Duration::from_secs(24 * 3600) {
+            return Err("session_timeout above a day".into());
+        }
+        if self.connect_timeout.is_zero() || self.connect_timeout > Duration::from_secs(3600) {
+            return Err("connect_timeout must be between 0 and an hour".into());
         }
         let valid_root =
             self.root.starts_with('/') && !self.root.ends_with('/') && !self.root.contains("//");
@@ -215,6 +221,8 @@ mod tests {
             ("zk://h?ttl=1s&digest=u:hunter2", "unknown option"),
             ("zk://h?session_timeout=1ms&digest=u:hunter2", "below 100ms"),
             ("zk://h//x?digest=u:hunter2", "must start with /"),
+            ("zk://h?session_timeout=1000000000years", "above a day"),
+            ("zk://h?connect_timeout=0s", "connect_timeout"),
         ] {
             let err = Config::from_url(url).unwrap_err();
             assert!(matches!(err, Error::InvalidUrl { .. }), "{url}: {err:?}");

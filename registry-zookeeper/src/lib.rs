@@ -134,10 +134,13 @@ impl Registrar for ZkRegistry {
         validate_name(&instance.name)?;
         validate_id(&instance.id)?;
         let path = self.path(&instance.name, &instance.id);
-        let mut registrations = self.zk.registrations.lock().await;
-        registrations.remove(&path);
         let client = self.zk.client().await?;
-        node::delete_ours(&self.zk, &client, &path).await
+        let mut registrations = self.zk.registrations.lock().await;
+        // Forgotten only once the node is gone, so that a failed deregister can be retried
+        // and a new session never re-creates a deregistered instance.
+        node::delete_ours(&self.zk, &client, &path).await?;
+        registrations.remove(&path);
+        Ok(())
     }
 }
 

@@ -136,12 +136,13 @@ async fn new_client(config: &Config) -> Result<Client> {
     let cluster = config.cluster();
     // The connector retries servers on its own; bound the whole attempt.
     let connecting = connector.connect(&cluster);
-    match tokio::time::timeout(config.connect_timeout * 2, connecting).await {
+    let within = config.connect_timeout.saturating_mul(2);
+    match tokio::time::timeout(within, connecting).await {
         Ok(Ok(client)) => Ok(client),
         Ok(Err(e)) => Err(crate::error::map_err("connect", e)),
         Err(_) => Err(Error::Timeout {
             operation: "connect",
-            after: config.connect_timeout * 2,
+            after: within,
         }),
     }
 }
@@ -155,10 +156,17 @@ pub(crate) async fn supervise(zk: Arc<Zk>) {
             return;
         };
         let mut states = client.state_watcher();
-        let ended = loop {
-            let state = states.changed().await;
-            if state.is_terminated() {
-                break state;
+        // The session may have ended already (while its registrations were being created):
+        // a terminal state is delivered once, and `changed()` would then wait forever.
+        let now = states.state();
+        let ended = if now.is_terminated() {
+            now
+        } else {
+            loop {
+                let state = states.changed().await;
+                if state.is_terminated() {
+                    break state;
+                }
             }
         };
         drop(client);

@@ -84,7 +84,20 @@ async fn comes_back_after(fault: impl AsyncFnOnce(&mut ZkServer)) {
 
     let fresh = connect(&server, SESSION).await;
     lists(&fresh, "svc", std::slice::from_ref(&a), WITHIN).await;
-    assert_ne!(owner.session_id(), before, "a new session holds the node");
+    // Held by a new session of the owner, the one its registration reports.
+    support::eventually(WITHIN, "re-created in a new session", || async {
+        let now = owner.session_id();
+        now.is_some()
+            && now != before
+            && owner.registration_state(&a).await
+                == now.map(|session| RegistrationState::Registered { session })
+    })
+    .await;
+    let raw = zookeeper_client::Client::connect(&server.address())
+        .await
+        .expect("raw client");
+    let (_, stat) = raw.get_data("/faults/svc/a").await.expect("the node");
+    assert_eq!(Some(stat.ephemeral_owner), owner.session_id());
     let b = instance("svc", "b");
     fresh.register(&b).await.expect("register after the fault");
     watcher_reaches(&mut watcher, &[a.clone(), b.clone()], WITHIN).await;
