@@ -80,7 +80,10 @@ impl Client {
             .request(method, format!("{}{path}", self.base))
             .timeout(self.request_timeout);
         if let Some(token) = &self.token {
-            request = request.header("X-Consul-Token", token);
+            if let Ok(mut value) = reqwest::header::HeaderValue::from_str(token) {
+                value.set_sensitive(true);
+                request = request.header("X-Consul-Token", value);
+            }
         }
         request
     }
@@ -145,13 +148,21 @@ impl Client {
             service: String,
         }
         let request = self.request(Method::GET, &format!("/v1/agent/service/{id}"));
-        match self.send("agent service", request).await {
-            Ok(response) => Ok(Some(
-                self.json::<Named>("agent service", response).await?.service,
-            )),
-            Err(Error::Backend { message, .. }) if message.contains("404") => Ok(None),
-            Err(e) => Err(e),
+        let response = request
+            .send()
+            .await
+            .map_err(|e| transport("agent service", e))?;
+        let status = response.status();
+        if status == StatusCode::NOT_FOUND {
+            return Ok(None);
         }
+        if !status.is_success() {
+            let body = response.text().await.unwrap_or_default();
+            return Err(status_error("agent service", status, body.trim()));
+        }
+        Ok(Some(
+            self.json::<Named>("agent service", response).await?.service,
+        ))
     }
 
     /// `PUT /v1/agent/check/pass/:check_id`.
@@ -226,9 +237,11 @@ fn status_error(operation: &'static str, status: StatusCode, body: &str) -> Erro
         },
         s => Error::Backend {
             backend: SCHEME,
+            // Consul 1.8 answers 500 for ids it does not know.
             temporary: s.is_server_error()
                 && !body.contains("Unknown service")
-                && !body.contains("Unknown check"),
+                && !body.contains("Unknown check")
+                && !body.contains("does not have associated TTL"),
             message,
             source: None,
         },

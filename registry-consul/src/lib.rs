@@ -2,7 +2,7 @@
 
 use std::collections::HashMap;
 use std::fmt;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -28,6 +28,9 @@ use crate::format::{check_id, from_consul, to_consul};
 
 /// The URL scheme of this backend.
 pub const SCHEME: &str = "consul";
+
+/// The least time between two blocking queries of one watch that answered at once.
+const MIN_QUERY_GAP: Duration = Duration::from_millis(100);
 
 /// Connects to the Consul agent the URL names (see [`Config::from_url`]); the facade's
 /// `connect` calls this for `consul://`.
@@ -82,7 +85,8 @@ struct Inner {
     client: Arc<Client>,
     config: Config,
     hub: WatchHub,
-    registrations: Mutex<HashMap<String, Registration>>,
+    /// Held across each register and deregister, so that the two never interleave for an id.
+    registrations: tokio::sync::Mutex<HashMap<String, Registration>>,
 }
 
 /// The Consul registry. Share it through `Arc`. Dropping it stops every heartbeat at once
@@ -100,6 +104,14 @@ impl fmt::Debug for ConsulRegistry {
     }
 }
 
+impl Drop for ConsulRegistry {
+    fn drop(&mut self) {
+        // Heartbeats stop with their registrations (the map goes with the last handle);
+        // watches stop here.
+        self.inner.hub.shutdown();
+    }
+}
+
 impl ConsulRegistry {
     /// Connects to the agent; fails when it does not answer, or when the config is invalid
     /// (a permanent error).
@@ -114,23 +126,22 @@ impl ConsulRegistry {
                 client: Arc::new(client),
                 config,
                 hub: WatchHub::new(),
-                registrations: Mutex::default(),
+                registrations: tokio::sync::Mutex::default(),
             }),
         })
     }
 
     /// The state of the registration of `instance` made through this registry, if any.
-    pub fn registration_state(&self, instance: &ServiceInstance) -> Option<RegistrationState> {
-        self.registrations()
-            .get(&instance.id)
-            .map(|r| r.state.borrow().clone())
-    }
-
-    fn registrations(&self) -> MutexGuard<'_, HashMap<String, Registration>> {
+    pub async fn registration_state(
+        &self,
+        instance: &ServiceInstance,
+    ) -> Option<RegistrationState> {
         self.inner
             .registrations
             .lock()
-            .unwrap_or_else(|p| p.into_inner())
+            .await
+            .get(&instance.id)
+            .map(|r| r.state.borrow().clone())
     }
 }
 
@@ -152,9 +163,9 @@ async fn heartbeat(
             continue;
         };
         tracing::warn!(%check, error = %e, "Consul check pass failed; registering again");
-        // Retries stay within one heartbeat interval, so the service is back within one
-        // interval of the agent answering again.
-        let mut backoff = Backoff::new(Duration::from_millis(100), interval.mul_f64(2.0 / 3.0));
+        // Retries (jittered by up to half) stay within one heartbeat interval, so the service
+        // is back within one interval of the agent answering again.
+        let mut backoff = Backoff::new(Duration::from_millis(100), interval / 2);
         let mut attempt = 0u32;
         loop {
             let instance = latest.borrow_and_update().clone();
@@ -189,6 +200,7 @@ async fn heartbeat(
 impl Registrar for ConsulRegistry {
     async fn register(&self, instance: &ServiceInstance) -> Result<()> {
         let registration = to_consul(instance, &self.inner.config)?;
+        let mut registrations = self.inner.registrations.lock().await;
         // The agent keys services by id alone: never replace another service's instance.
         if let Some(held) = self.inner.client.service_name(&instance.id).await? {
             if held != instance.name {
@@ -202,11 +214,10 @@ impl Registrar for ConsulRegistry {
         }
         // The heartbeat re-registers the latest value: make it this one before writing, so
         // a re-registration racing this call writes it again afterwards.
-        if let Some(existing) = self.registrations().get(&instance.id) {
+        if let Some(existing) = registrations.get(&instance.id) {
             existing.latest.send_replace(instance.clone());
         }
         self.inner.client.register(&registration).await?;
-        let mut registrations = self.registrations();
         if registrations.contains_key(&instance.id) {
             return Ok(());
         }
@@ -232,8 +243,13 @@ impl Registrar for ConsulRegistry {
     async fn deregister(&self, instance: &ServiceInstance) -> Result<()> {
         validate_name(&instance.name)?;
         validate_id(&instance.id)?;
-        let registration = self.registrations().remove(&instance.id);
-        if let Some(registration) = registration {
+        let mut registrations = self.inner.registrations.lock().await;
+        // Only this service's instance: the agent may hold the id for another one.
+        match self.inner.client.service_name(&instance.id).await? {
+            Some(held) if held != instance.name => return Ok(()),
+            _ => {}
+        }
+        if let Some(registration) = registrations.remove(&instance.id) {
             registration.stop().await;
         }
         self.inner.client.deregister(&instance.id).await
@@ -245,6 +261,7 @@ async fn follow(client: Arc<Client>, name: String, wait: Duration, publisher: Pu
     let mut index = 0u64;
     let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
     loop {
+        let started = tokio::time::Instant::now();
         match client.health(&name, Some((index, wait))).await {
             Ok((entries, new_index)) => {
                 backoff.reset();
@@ -256,6 +273,12 @@ async fn follow(client: Arc<Client>, name: String, wait: Duration, publisher: Pu
                     new_index.max(1)
                 };
                 publisher.publish(entries.into_iter().filter_map(from_consul).collect());
+                // Consul asks clients to rate-limit blocking queries: an answer that came at
+                // once (a busy index, a flapping check) is followed by a short pause.
+                let took = started.elapsed();
+                if took < MIN_QUERY_GAP {
+                    tokio::time::sleep(MIN_QUERY_GAP - took).await;
+                }
             }
             Err(e) => {
                 // The agent may come back with a lower index (dev mode forgets everything):

@@ -56,7 +56,7 @@ async fn agent_killed_and_restarted_forgetting_everything() {
         answering.elapsed()
     );
     assert_eq!(
-        owner.registration_state(&a),
+        owner.registration_state(&a).await,
         Some(RegistrationState::Registered)
     );
 

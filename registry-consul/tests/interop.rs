@@ -149,13 +149,14 @@ async fn an_id_held_by_another_service_is_refused() {
     let err = registry.register(&second).await.expect_err("a taken id");
     assert!(matches!(err, Error::Conflict { .. }), "{err:?}");
     assert!(!err.is_temporary());
-    assert_eq!(
-        registry.get_service("first").await.expect("list"),
-        vec![first]
-    );
-    assert!(registry
-        .get_service("second")
-        .await
-        .expect("list")
-        .is_empty());
+    // The agent still holds the first service's instance, untouched.
+    let held = raw_get(&agent, "/v1/agent/service/same-id").await;
+    assert_eq!(held["Service"], "first");
+    assert_eq!(held["Tags"], json!(["version=v1"]));
+    lists(&registry, "first", &[first], WITHIN).await;
+
+    // Deregistering the id for the other service leaves it alone too.
+    registry.deregister(&second).await.expect("deregister");
+    let held = raw_get(&agent, "/v1/agent/service/same-id").await;
+    assert_eq!(held["Service"], "first");
 }

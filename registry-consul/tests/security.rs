@@ -8,6 +8,7 @@ use registry_core::{Discovery, Error, Registrar};
 use support::{instance, ConsulAgent};
 
 const TOKEN: &str = "s3cret-root-token";
+const WITHIN: std::time::Duration = std::time::Duration::from_secs(10);
 
 #[tokio::test]
 async fn https_with_a_client_certificate_and_a_token() {
@@ -38,10 +39,7 @@ async fn https_with_a_client_certificate_and_a_token() {
         .register(&me)
         .await
         .expect("register with the token");
-    assert_eq!(
-        registry.get_service("secure").await.expect("list"),
-        vec![me.clone()]
-    );
+    support::lists(&registry, "secure", std::slice::from_ref(&me), WITHIN).await;
 
     // Without the token the agent refuses writes: a typed, permanent error.
     let anonymous = ConsulRegistry::connect(Config::from_url(&agent.url(&tls)).expect("URL"))

@@ -51,8 +51,8 @@ struct Inner {
 }
 
 /// The etcd registry. Share it through `Arc`. Dropping it stops every keep-alive at once
-/// (each registration's task is aborted; its lease then expires after its TTL); watchers keep
-/// their upstream watch until they are dropped.
+/// (each registration's task is aborted; its lease then expires after its TTL) and every
+/// watch (its watchers' `next()` then fails with `Error::Closed`).
 pub struct EtcdRegistry {
     inner: Arc<Inner>,
 }
@@ -62,6 +62,12 @@ impl fmt::Debug for EtcdRegistry {
         f.debug_struct("EtcdRegistry")
             .field("config", &self.inner.config)
             .finish_non_exhaustive()
+    }
+}
+
+impl Drop for EtcdRegistry {
+    fn drop(&mut self) {
+        self.inner.hub.shutdown();
     }
 }
 
