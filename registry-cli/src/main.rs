@@ -1,0 +1,236 @@
+//! `registryctl`: list services and instances, watch a service, register an instance and hold
+//! it until Ctrl-C, or deregister one, in any registry named by a URL.
+//!
+//! ```text
+//! registryctl --registry etcd://127.0.0.1:2379 instances helloworld
+//! REGISTRY_URL=consul://127.0.0.1:8500 registryctl --json watch helloworld
+//! registryctl -r zk://127.0.0.1:2181 register --name helloworld --id 1 --endpoint grpc://127.0.0.1:9000
+//! ```
+//!
+//! Built on `clap` (derive) for the command line; every backend is compiled in (`full`).
+
+use std::collections::BTreeMap;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use registry::{Registry, ServiceInstance};
+
+/// List, watch, register and deregister service instances in any registry.
+#[derive(Debug, Parser)]
+#[command(name = "registryctl", version)]
+struct Cli {
+    /// The registry URL: memory://, etcd://, consul://, zk://, nacos://
+    #[arg(
+        short,
+        long,
+        env = "REGISTRY_URL",
+        default_value = "memory://",
+        global = true
+    )]
+    registry: String,
+    /// Print JSON (one document, or one line per change for `watch`) instead of tables.
+    #[arg(long, global = true)]
+    json: bool,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// List the services that have instances (where the backend can).
+    Services,
+    /// List a service's instances.
+    Instances {
+        /// The service name.
+        name: String,
+    },
+    /// Print a service's instances, then the whole list again after each change, until Ctrl-C.
+    Watch {
+        /// The service name.
+        name: String,
+    },
+    /// Register an instance and hold it until Ctrl-C (or SIGTERM), then deregister it.
+    Register {
+        /// The service name.
+        #[arg(long)]
+        name: String,
+        /// The instance id.
+        #[arg(long)]
+        id: String,
+        /// The version.
+        #[arg(long, default_value = "")]
+        version: String,
+        /// An endpoint URL, such as grpc://127.0.0.1:9000 (repeatable).
+        #[arg(long = "endpoint", required = true)]
+        endpoints: Vec<String>,
+        /// Metadata as key=value (repeatable).
+        #[arg(long = "meta", value_parser = key_value)]
+        metadata: Vec<(String, String)>,
+    },
+    /// Deregister an instance.
+    Deregister {
+        /// The service name.
+        #[arg(long)]
+        name: String,
+        /// The instance id.
+        #[arg(long)]
+        id: String,
+    },
+}
+
+fn key_value(text: &str) -> Result<(String, String), String> {
+    match text.split_once('=') {
+        Some((k, v)) if !k.is_empty() => Ok((k.to_owned(), v.to_owned())),
+        _ => Err(format!("{text:?} is not key=value")),
+    }
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
+        )
+        .with_writer(std::io::stderr)
+        .try_init();
+    let cli = Cli::parse();
+    match run(cli).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("registryctl: {e}");
+            if e.is_temporary() {
+                eprintln!("(a temporary failure: is the registry up and reachable?)");
+            }
+            ExitCode::from(if e.is_temporary() { 3 } else { 2 })
+        }
+    }
+}
+
+async fn run(cli: Cli) -> registry::Result<()> {
+    let registry = registry::connect(&cli.registry).await?;
+    match cli.command {
+        Command::Services => {
+            let services = registry.list_services().await?;
+            if cli.json {
+                println!("{}", serde_json::Value::from(services));
+            } else {
+                for service in services {
+                    println!("{service}");
+                }
+            }
+        }
+        Command::Instances { name } => print_list(&registry.get_service(&name).await?, cli.json),
+        Command::Watch { name } => {
+            let mut watcher = registry.watch(&name).await?;
+            loop {
+                tokio::select! {
+                    list = watcher.next() => {
+                        let list = list?;
+                        if !cli.json {
+                            println!("-- {name}: {} instance(s)", list.len());
+                        }
+                        print_list(&list, cli.json);
+                    }
+                    _ = shutdown() => return Ok(()),
+                }
+            }
+        }
+        Command::Register {
+            name,
+            id,
+            version,
+            endpoints,
+            metadata,
+        } => {
+            let mut builder = ServiceInstance::builder(id, name).version(version);
+            for endpoint in endpoints {
+                builder = builder.endpoint(endpoint);
+            }
+            for (key, value) in metadata {
+                builder = builder.metadata(key, value);
+            }
+            let instance = builder.build()?;
+            registry.register(&instance).await?;
+            println!("registered {} {}", instance.name, instance.id);
+            shutdown().await;
+            deregister(&*registry, &instance).await?;
+            println!("deregistered {} {}", instance.name, instance.id);
+        }
+        Command::Deregister { name, id } => {
+            let instance = ServiceInstance {
+                id,
+                name,
+                ..ServiceInstance::default()
+            };
+            deregister(&*registry, &instance).await?;
+            println!("deregistered {} {}", instance.name, instance.id);
+        }
+    }
+    Ok(())
+}
+
+async fn deregister(registry: &dyn Registry, instance: &ServiceInstance) -> registry::Result<()> {
+    registry.deregister(instance).await
+}
+
+/// Resolves on Ctrl-C or SIGTERM.
+async fn shutdown() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => {}
+                    _ = term.recv() => {}
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+fn print_list(list: &[ServiceInstance], json: bool) {
+    if json {
+        let values: Vec<serde_json::Value> = list
+            .iter()
+            .filter_map(|i| serde_json::from_str(&i.to_json()).ok())
+            .collect();
+        println!("{}", serde_json::Value::from(values));
+        return;
+    }
+    let rows: Vec<[String; 4]> = list
+        .iter()
+        .map(|i| {
+            let meta: BTreeMap<_, _> = i.metadata.iter().collect();
+            let meta: Vec<String> = meta.iter().map(|(k, v)| format!("{k}={v}")).collect();
+            [
+                i.id.clone(),
+                i.version.clone(),
+                i.endpoints.join(" "),
+                meta.join(","),
+            ]
+        })
+        .collect();
+    let header = ["ID", "VERSION", "ENDPOINTS", "METADATA"].map(str::to_owned);
+    let mut widths = header.clone().map(|h| h.len());
+    for row in &rows {
+        for (w, cell) in widths.iter_mut().zip(row) {
+            *w = (*w).max(cell.chars().count());
+        }
+    }
+    for row in std::iter::once(&header).chain(&rows) {
+        let cells: Vec<String> = row
+            .iter()
+            .zip(widths)
+            .map(|(cell, w)| format!("{cell:<w$}"))
+            .collect();
+        println!("{}", cells.join("  ").trim_end());
+    }
+}
