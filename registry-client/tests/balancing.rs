@@ -1,0 +1,246 @@
+//! Client-side discovery over the in-memory registry (the balancing logic) and real gRPC
+//! servers on loopback (tonic's health service): endpoints follow the registry.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use registry_client::{grpc_channel, ClientError, HttpBalancer, Options, Resolver, Strategy};
+use registry_core::{Discovery, MemoryRegistry, Registrar, ServiceInstance};
+use tonic_health::pb::health_check_response::ServingStatus as Status;
+use tonic_health::pb::health_client::HealthClient;
+use tonic_health::pb::HealthCheckRequest;
+use tonic_health::ServingStatus;
+
+fn instance(id: &str, endpoints: &[&str], version: &str, weight: Option<&str>) -> ServiceInstance {
+    let mut builder = ServiceInstance::builder(id, "svc").version(version);
+    for e in endpoints {
+        builder = builder.endpoint(*e);
+    }
+    if let Some(w) = weight {
+        builder = builder.metadata("weight", w);
+    }
+    builder.build().expect("instance")
+}
+
+fn store(name: &str) -> (MemoryRegistry, Arc<dyn Discovery>) {
+    let registry = MemoryRegistry::named(name, Duration::from_secs(30));
+    (registry.clone(), Arc::new(registry))
+}
+
+const TARGET: &str = "discovery:///svc";
+
+#[tokio::test]
+async fn weighted_round_robin_follows_the_registry() {
+    let (registry, discovery) = store("client-rr");
+    registry
+        .register(&instance("a", &["http://10.0.0.1:80"], "v1", None))
+        .await
+        .unwrap();
+    registry
+        .register(&instance("b", &["http://10.0.0.2:80"], "v1", None))
+        .await
+        .unwrap();
+    registry
+        .register(&instance(
+            "c",
+            &["http://10.0.0.3:80", "grpc://10.0.0.3:90"],
+            "v1",
+            Some("2"),
+        ))
+        .await
+        .unwrap();
+    let balancer = HttpBalancer::new(discovery, TARGET, Options::default(), Strategy::RoundRobin)
+        .await
+        .unwrap();
+    let mut counts: HashMap<String, usize> = HashMap::new();
+    for _ in 0..400 {
+        *counts
+            .entry(balancer.pick().unwrap().key().to_owned())
+            .or_default() += 1;
+    }
+    assert_eq!(counts["10.0.0.1:80"], 100);
+    assert_eq!(counts["10.0.0.2:80"], 100);
+    assert_eq!(counts["10.0.0.3:80"], 200, "weight 2");
+    assert!(balancer
+        .pick()
+        .unwrap()
+        .url()
+        .as_str()
+        .starts_with("http://10.0.0."));
+
+    // The registry changes: the balancer follows.
+    registry
+        .deregister(&instance("c", &[], "v1", None))
+        .await
+        .unwrap();
+    registry
+        .deregister(&instance("a", &[], "v1", None))
+        .await
+        .unwrap();
+    tokio::time::timeout(Duration::from_secs(5), async {
+        while balancer.resolver().nodes().map(|n| n.len()).unwrap_or(0) != 1 {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await
+    .expect("the change arrives");
+    assert_eq!(balancer.pick().unwrap().key(), "10.0.0.2:80");
+
+    // The registry says none: fail fast, with a clear error.
+    registry
+        .deregister(&instance("b", &[], "v1", None))
+        .await
+        .unwrap();
+    tokio::time::timeout(Duration::from_secs(5), async {
+        while balancer.pick().is_ok() {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await
+    .expect("the change arrives");
+    let err = balancer.pick().unwrap_err();
+    assert!(matches!(err, ClientError::NoInstances { .. }), "{err}");
+    assert!(err.to_string().contains("no http instance of svc"), "{err}");
+}
+
+#[tokio::test]
+async fn power_of_two_prefers_the_less_busy() {
+    let (registry, discovery) = store("client-p2c");
+    registry
+        .register(&instance("a", &["http://10.0.0.1:80"], "v1", None))
+        .await
+        .unwrap();
+    registry
+        .register(&instance("b", &["http://10.0.0.2:80"], "v1", None))
+        .await
+        .unwrap();
+    let balancer = HttpBalancer::new(discovery, TARGET, Options::default(), Strategy::PowerOfTwo)
+        .await
+        .unwrap();
+    // Ten requests in flight on a: it wins only when both draws land on it (a quarter).
+    let busy: Vec<_> = std::iter::repeat_with(|| balancer.pick().unwrap())
+        .filter(|p| p.key() == "10.0.0.1:80")
+        .take(10)
+        .collect();
+    let to_a = (0..400)
+        .filter(|_| balancer.pick().unwrap().key() == "10.0.0.1:80")
+        .count();
+    assert!(to_a < 160, "the busy endpoint got {to_a} of 400");
+    drop(busy);
+}
+
+#[tokio::test]
+async fn filter_and_bounded_first_wait() {
+    let (registry, discovery) = store("client-filter");
+    let late = registry.clone();
+    tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        late.register(&instance("old", &["http://10.0.0.1:80"], "v1", None))
+            .await
+            .unwrap();
+        late.register(&instance("new", &["http://10.0.0.2:80"], "v2", None))
+            .await
+            .unwrap();
+    });
+    let options = Options::default()
+        .with_version("v2")
+        .with_first_list_timeout(Duration::from_secs(5));
+    let resolver = Resolver::new(discovery.clone(), TARGET, "http", options)
+        .await
+        .unwrap();
+    let nodes = resolver.nodes().expect("waited for the first instances");
+    assert_eq!(nodes.len(), 1);
+    assert_eq!(nodes[0].instance_id, "new");
+
+    // Nobody there: the wait is bounded, then calls fail fast.
+    let started = tokio::time::Instant::now();
+    let none = Options::default().with_first_list_timeout(Duration::from_millis(300));
+    let empty = Resolver::new(discovery, "discovery:///nobody", "http", none)
+        .await
+        .unwrap();
+    assert!(started.elapsed() < Duration::from_secs(3));
+    assert!(matches!(
+        empty.nodes(),
+        Err(ClientError::NoInstances { .. })
+    ));
+}
+
+/// A gRPC server on a free loopback port reporting `status` for the service `x`.
+async fn health_server(status: ServingStatus) -> String {
+    let (reporter, service) = tonic_health::server::health_reporter();
+    reporter.set_service_status("x", status).await;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        let _keep = reporter;
+        tonic::transport::Server::builder()
+            .add_service(service)
+            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener))
+            .await
+            .unwrap();
+    });
+    format!("grpc://{address}")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_grpc_channel_balances_and_follows_the_registry() {
+    let (registry, discovery) = store("client-grpc");
+    let serving = health_server(ServingStatus::Serving).await;
+    let not_serving = health_server(ServingStatus::NotServing).await;
+    registry
+        .register(&instance("a", &[&serving], "v1", None))
+        .await
+        .unwrap();
+    registry
+        .register(&instance("b", &[&not_serving], "v1", None))
+        .await
+        .unwrap();
+    let balanced = grpc_channel(discovery, TARGET, Options::default())
+        .await
+        .unwrap();
+    let mut client = HealthClient::new(balanced.channel());
+    let mut seen = HashMap::new();
+    for _ in 0..100 {
+        let status = client
+            .check(HealthCheckRequest {
+                service: "x".into(),
+            })
+            .await
+            .expect("a call through the balanced channel")
+            .into_inner()
+            .status;
+        *seen.entry(status).or_insert(0) += 1;
+    }
+    assert!(
+        seen.get(&(Status::Serving as i32)).is_some()
+            && seen.get(&(Status::NotServing as i32)).is_some(),
+        "both servers get calls: {seen:?}"
+    );
+
+    // b leaves the registry: it leaves the channel.
+    registry
+        .deregister(&instance("b", &[], "v1", None))
+        .await
+        .unwrap();
+    tokio::time::timeout(Duration::from_secs(10), async {
+        let mut in_a_row = 0;
+        while in_a_row < 50 {
+            let status = client
+                .check(HealthCheckRequest {
+                    service: "x".into(),
+                })
+                .await
+                .unwrap()
+                .into_inner()
+                .status;
+            in_a_row = if status == Status::Serving as i32 {
+                in_a_row + 1
+            } else {
+                0
+            };
+        }
+    })
+    .await
+    .expect("only the serving endpoint is left");
+}
