@@ -170,15 +170,17 @@ async fn filter_and_bounded_first_wait() {
 async fn health_server(status: ServingStatus) -> String {
     let (reporter, service) = tonic_health::server::health_reporter();
     reporter.set_service_status("x", status).await;
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let address = listener.local_addr().unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let address = listener.local_addr().expect("address");
     tokio::spawn(async move {
         let _keep = reporter;
         tonic::transport::Server::builder()
             .add_service(service)
             .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener))
             .await
-            .unwrap();
+            .expect("serve");
     });
     format!("grpc://{address}")
 }
