@@ -215,8 +215,8 @@ async fn the_grpc_channel_balances_and_follows_the_registry() {
         *seen.entry(status).or_insert(0) += 1;
     }
     assert!(
-        seen.get(&(Status::Serving as i32)).is_some()
-            && seen.get(&(Status::NotServing as i32)).is_some(),
+        seen.contains_key(&(Status::Serving as i32))
+            && seen.contains_key(&(Status::NotServing as i32)),
         "both servers get calls: {seen:?}"
     );
 
