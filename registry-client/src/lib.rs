@@ -36,12 +36,14 @@
 #[doc = include_str!("../README.md")]
 struct ReadmeDoctests;
 
+mod app;
 mod balancer;
 mod grpc;
 mod resolver;
 
 use std::time::Duration;
 
+pub use app::App;
 pub use balancer::{HttpBalancer, Picked, Strategy};
 pub use grpc::{grpc_channel, BalancedChannel};
 pub use resolver::{Node, Resolver};

@@ -29,12 +29,22 @@ struct Resolved {
 }
 
 /// The instances of a service with an endpoint of one scheme. Dropping it stops its watch.
-#[derive(Debug)]
 pub struct Resolver {
+    /// Kept alive as long as the resolver: a registry dropped ends its watches.
+    _discovery: Arc<dyn Discovery>,
     service: String,
     scheme: String,
     state: watch::Receiver<Resolved>,
     task: JoinHandle<()>,
+}
+
+impl std::fmt::Debug for Resolver {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Resolver")
+            .field("service", &self.service)
+            .field("scheme", &self.scheme)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Drop for Resolver {
@@ -102,6 +112,7 @@ impl Resolver {
             }
         });
         let resolver = Resolver {
+            _discovery: discovery,
             service,
             scheme: scheme.to_owned(),
             state,

@@ -1,0 +1,261 @@
+//! The go-kratos helloworld, in Rust: a Greeter with `SayHello` served over HTTP (JSON) and
+//! gRPC that registers `http://` and `grpc://` endpoints under `helloworld`, and a client that
+//! resolves `discovery:///helloworld` and calls both every second.
+//!
+//! ```text
+//! cargo run -p helloworld                                       # both, in one process, memory://
+//! cargo run -p helloworld -- --registry etcd://127.0.0.1:2379 server
+//! cargo run -p helloworld -- --registry etcd://127.0.0.1:2379 client
+//! ```
+//!
+//! Only the URL changes between registries. `axum` serves the HTTP side, `tonic` the gRPC
+//! side; `registry-client` gives the client its balanced channel and HTTP picker.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use clap::{Parser, Subcommand};
+use registry::{Registry, ServiceInstance};
+use registry_client::{grpc_channel, App, HttpBalancer, Options, Strategy};
+
+/// The generated Greeter code.
+pub mod pb {
+    #![allow(missing_docs, clippy::all)]
+    tonic::include_proto!("helloworld.v1");
+}
+
+use pb::greeter_client::GreeterClient;
+use pb::greeter_server::{Greeter, GreeterServer};
+use pb::{HelloReply, HelloRequest};
+
+/// The go-kratos helloworld: server, client, or both.
+#[derive(Debug, Parser)]
+#[command(name = "helloworld", version)]
+struct Cli {
+    /// The registry URL (memory:// runs both sides in one process).
+    #[arg(
+        short,
+        long,
+        env = "REGISTRY_URL",
+        default_value = "memory://",
+        global = true
+    )]
+    registry: String,
+    /// The service name.
+    #[arg(long, default_value = "helloworld", global = true)]
+    name: String,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Serve the Greeter over HTTP and gRPC, registered, until SIGINT/SIGTERM.
+    Server {
+        /// Delay between deregistering and stopping the servers.
+        #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
+        drain: Duration,
+    },
+    /// Call SayHello over HTTP and gRPC through discovery:///NAME.
+    Client {
+        /// Time between rounds of calls.
+        #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
+        interval: Duration,
+        /// Stop after this many rounds (forever when absent).
+        #[arg(long)]
+        count: Option<u64>,
+    },
+}
+
+#[derive(Debug, Default)]
+struct Greet;
+
+fn welcome(name: &str) -> String {
+    format!("welcome {name}!")
+}
+
+#[tonic::async_trait]
+impl Greeter for Greet {
+    async fn say_hello(
+        &self,
+        request: tonic::Request<HelloRequest>,
+    ) -> Result<tonic::Response<HelloReply>, tonic::Status> {
+        Ok(tonic::Response::new(HelloReply {
+            message: welcome(&request.into_inner().name),
+        }))
+    }
+}
+
+#[derive(serde::Serialize, serde::Deserialize)]
+struct Reply {
+    message: String,
+}
+
+async fn http_say_hello(
+    axum::extract::Path(name): axum::extract::Path<String>,
+) -> axum::Json<Reply> {
+    axum::Json(Reply {
+        message: welcome(&name),
+    })
+}
+
+type Failure = Box<dyn std::error::Error + Send + Sync>;
+
+#[tokio::main]
+async fn main() -> std::process::ExitCode {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "info,nacos_sdk=warn".into()),
+        )
+        .with_writer(std::io::stderr)
+        .try_init();
+    let cli = Cli::parse();
+    match run(cli).await {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("helloworld: {e}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: Cli) -> Result<(), Failure> {
+    let registry = registry::connect(&cli.registry).await?;
+    match cli.command {
+        Some(Command::Server { drain }) => {
+            serve(registry, cli.name.clone(), drain, std::future::pending()).await
+        }
+        Some(Command::Client { interval, count }) => {
+            call(registry, &cli.name, interval, count).await
+        }
+        None => {
+            // Both sides in one process.
+            let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+            let server = tokio::spawn(serve(
+                registry.clone(),
+                cli.name.clone(),
+                Duration::ZERO,
+                async {
+                    let _ = stopped.await;
+                },
+            ));
+            let called = call(registry, &cli.name, Duration::from_secs(1), None).await;
+            let _ = stop.send(());
+            let _ = server.await;
+            called
+        }
+    }
+}
+
+/// Serves HTTP and gRPC on free loopback ports, registers them, runs until the signal.
+async fn serve(
+    registry: Arc<dyn Registry>,
+    name: String,
+    drain: Duration,
+    until: impl Future<Output = ()>,
+) -> Result<(), Failure> {
+    let app = App::new(registry).drain(drain);
+    let http = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let grpc = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let http_addr = http.local_addr()?;
+    let grpc_addr = grpc.local_addr()?;
+
+    let mut stop = app.stop_signal();
+    let router =
+        axum::Router::new().route("/helloworld/{name}", axum::routing::get(http_say_hello));
+    let http_server = tokio::spawn(async move {
+        let stopping = async move {
+            let _ = stop.wait_for(|s| *s).await;
+        };
+        if let Err(e) = axum::serve(http, router)
+            .with_graceful_shutdown(stopping)
+            .await
+        {
+            tracing::error!(error = %e, "HTTP server failed");
+        }
+    });
+    let mut stop = app.stop_signal();
+    let grpc_server = tokio::spawn(async move {
+        let stopping = async move {
+            let _ = stop.wait_for(|s| *s).await;
+        };
+        let incoming = tokio_stream::wrappers::TcpListenerStream::new(grpc);
+        if let Err(e) = tonic::transport::Server::builder()
+            .add_service(GreeterServer::new(Greet))
+            .serve_with_incoming_shutdown(incoming, stopping)
+            .await
+        {
+            tracing::error!(error = %e, "gRPC server failed");
+        }
+    });
+
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or_default();
+    let instance =
+        ServiceInstance::builder(format!("{}-{nanos:x}", std::process::id()), name.as_str())
+            .version("v1")
+            .endpoint(format!("http://{http_addr}"))
+            .endpoint(format!("grpc://{grpc_addr}?isSecure=false"))
+            .build()?;
+    println!("serving {name} on http://{http_addr} and grpc://{grpc_addr}");
+    app.run(instance, vec![http_server, grpc_server], until)
+        .await?;
+    println!("stopped");
+    Ok(())
+}
+
+/// Calls SayHello over HTTP and gRPC every `interval`, printing each outcome.
+async fn call(
+    registry: Arc<dyn Registry>,
+    name: &str,
+    interval: Duration,
+    count: Option<u64>,
+) -> Result<(), Failure> {
+    let target = format!("discovery:///{name}");
+    let options = Options::default().with_first_list_timeout(Duration::from_secs(10));
+    let channel = grpc_channel(registry.clone(), &target, options.clone()).await?;
+    let mut greeter = GreeterClient::new(channel.channel());
+    let http = HttpBalancer::new(registry, &target, options, Strategy::RoundRobin).await?;
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(3))
+        .build()?;
+    let mut round = 0u64;
+    loop {
+        match http.pick() {
+            Ok(picked) => {
+                let url = picked.url().join("/helloworld/go-kratos")?;
+                match client.get(url).send().await {
+                    Ok(response) => match response.json::<Reply>().await {
+                        Ok(reply) => println!("[http] SayHello {}", reply.message),
+                        Err(e) => println!("[http] error: {e}"),
+                    },
+                    Err(e) => println!("[http] error: {e}"),
+                }
+            }
+            Err(e) => println!("[http] error: {e}"),
+        }
+        // A gRPC call while no endpoint is known would wait: fail fast, as HTTP does.
+        match http.resolver().nodes() {
+            Err(e) => println!("[grpc] error: {}", e.to_string().replace("http", "grpc")),
+            Ok(_) => {
+                let call = greeter.say_hello(HelloRequest {
+                    name: "go-kratos".into(),
+                });
+                match tokio::time::timeout(Duration::from_secs(3), call).await {
+                    Ok(Ok(reply)) => println!("[grpc] SayHello {}", reply.into_inner().message),
+                    Ok(Err(status)) => println!("[grpc] error: {}", status.message()),
+                    Err(_) => println!("[grpc] error: no answer within 3s"),
+                }
+            }
+        }
+        round += 1;
+        if count.is_some_and(|c| round >= c) {
+            return Ok(());
+        }
+        tokio::time::sleep(interval).await;
+    }
+}
