@@ -246,3 +246,69 @@ async fn the_grpc_channel_balances_and_follows_the_registry() {
     .await
     .expect("only the serving endpoint is left");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_call_in_flight_survives_its_endpoint_leaving() {
+    let (registry, discovery) = store("client-inflight");
+    let (reporter, service) = tonic_health::server::health_reporter();
+    reporter
+        .set_service_status("x", ServingStatus::Serving)
+        .await;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let address = listener.local_addr().expect("address");
+    tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(service)
+            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
+    );
+    let only = instance("a", &[&format!("grpc://{address}")], "v1", None);
+    registry.register(&only).await.unwrap();
+    let balanced = grpc_channel(discovery, TARGET, Options::default())
+        .await
+        .unwrap();
+    let mut client = HealthClient::new(balanced.channel());
+    // A server-streaming call, in flight from here on.
+    let mut stream = client
+        .watch(HealthCheckRequest {
+            service: "x".into(),
+        })
+        .await
+        .expect("watch call")
+        .into_inner();
+    let first = stream
+        .message()
+        .await
+        .expect("first message")
+        .expect("a status");
+    assert_eq!(first.status, Status::Serving as i32);
+
+    // The endpoint leaves the registry, and so the channel; the call goes on.
+    registry.deregister(&only).await.unwrap();
+    // Wait until the channel has no endpoint left: a new call then finds none (it waits).
+    let mut fresh = HealthClient::new(balanced.channel());
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let request = HealthCheckRequest {
+            service: "x".into(),
+        };
+        let new_call = tokio::time::timeout(Duration::from_millis(300), fresh.check(request)).await;
+        if !matches!(new_call, Ok(Ok(_))) {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the endpoint never left the channel"
+        );
+    }
+    reporter
+        .set_service_status("x", ServingStatus::NotServing)
+        .await;
+    let next = tokio::time::timeout(Duration::from_secs(5), stream.message())
+        .await
+        .expect("the call in flight still delivers")
+        .expect("no error")
+        .expect("a status");
+    assert_eq!(next.status, Status::NotServing as i32);
+}
