@@ -30,9 +30,8 @@ pub const SCHEME: &str = "nacos";
 
 /// Schemes a watch follows from its start, before they appear in the service list.
 const COMMON_SCHEMES: [&str; 4] = ["http", "https", "grpc", "grpcs"];
-/// How often a watch looks for services of its name with other schemes, and reads the ones
-/// it follows again (rnacos pushes no metadata-only change of an instance).
-const RESCAN: Duration = Duration::from_secs(2);
+/// How often a watch looks for services of its name with other schemes.
+const RESCAN: Duration = Duration::from_secs(5);
 
 /// Connects to the Nacos servers the URL names (see [`Config::from_url`]); the facade's
 /// `connect` calls this for `nacos://`.
@@ -375,16 +374,7 @@ async fn follow(naming: NamingService, group: String, name: String, publisher: P
                     .services
                     .lock()
                     .unwrap_or_else(|p| p.into_inner())
-                    .insert(service);
-            }
-            let followed: Vec<String> = subscriptions
-                .services
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .iter()
-                .cloned()
-                .collect();
-            for service in followed {
+                    .insert(service.clone());
                 let instances = instances_of(&naming, &group, &service).await?;
                 services.insert(service, instances);
             }
