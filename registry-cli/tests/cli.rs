@@ -2,56 +2,18 @@
 //! process holds a registration, another watches, a third lists; SIGTERM to the holder
 //! deregisters it and the watcher sees the list become empty.
 
-use std::process::Stdio;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
-use tokio::io::{AsyncBufReadExt, BufReader, Lines};
-use tokio::process::{Child, ChildStdout, Command};
+use test_support::{lines_match_all, run_id, spawn_program, terminate, OutputLines};
+use tokio::process::Command;
 use tokio::time::{timeout, Instant};
 
 const WITHIN: Duration = Duration::from_secs(20);
 const BIN: &str = env!("CARGO_BIN_EXE_registryctl");
 
-fn run_id() -> String {
-    let nanos = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.subsec_nanos())
-        .unwrap_or_default();
-    format!("{}{nanos:x}", std::process::id())
-}
-
-fn spawn(args: &[&str]) -> (Child, Lines<BufReader<ChildStdout>>) {
-    let mut child = Command::new(BIN)
-        .args(args)
-        .env_remove("REGISTRY_URL")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("run registryctl");
-    let stdout = child.stdout.take().expect("piped stdout");
-    (child, BufReader::new(stdout).lines())
-}
-
 /// Reads lines until one satisfies `want`, failing after the deadline.
-async fn line_until(
-    lines: &mut Lines<BufReader<ChildStdout>>,
-    what: &str,
-    want: impl Fn(&str) -> bool,
-) {
-    let deadline = Instant::now() + WITHIN;
-    loop {
-        match timeout(
-            deadline.saturating_duration_since(Instant::now()),
-            lines.next_line(),
-        )
-        .await
-        {
-            Ok(Ok(Some(line))) if want(&line) => return,
-            Ok(Ok(Some(_))) => {}
-            other => panic!("{what}: {other:?}"),
-        }
-    }
+async fn line_until(lines: &mut OutputLines, what: &str, want: impl Fn(&str) -> bool) {
+    lines_match_all(lines, WITHIN, what, &[&want]).await;
 }
 
 async fn output(args: &[&str]) -> (i32, String, String) {
@@ -85,24 +47,27 @@ async fn json_until(args: &[&str], what: &str, want: impl Fn(&serde_json::Value)
 
 async fn round_trip(url: &str) {
     let service = format!("cli{}", run_id());
-    let (mut watcher, mut watched) = spawn(&["-r", url, "--json", "watch", &service]);
+    let (mut watcher, mut watched) = spawn_program(BIN, &["-r", url, "--json", "watch", &service]);
     line_until(&mut watched, "the watcher's first list", |l| l == "[]").await;
 
-    let (mut holder, mut held) = spawn(&[
-        "-r",
-        url,
-        "register",
-        "--name",
-        &service,
-        "--id",
-        "i1",
-        "--version",
-        "v1",
-        "--endpoint",
-        "http://127.0.0.1:18081",
-        "--meta",
-        "zone=a",
-    ]);
+    let (mut holder, mut held) = spawn_program(
+        BIN,
+        &[
+            "-r",
+            url,
+            "register",
+            "--name",
+            &service,
+            "--id",
+            "i1",
+            "--version",
+            "v1",
+            "--endpoint",
+            "http://127.0.0.1:18081",
+            "--meta",
+            "zone=a",
+        ],
+    );
     line_until(&mut held, "the holder registers", |l| {
         l == format!("registered {service} i1")
     })
@@ -135,12 +100,7 @@ async fn round_trip(url: &str) {
     assert!(table.contains("http://127.0.0.1:18081"), "{table}");
 
     // SIGTERM: the holder deregisters and exits cleanly; the watcher sees the empty list.
-    let pid = holder.id().expect("the holder runs").to_string();
-    let status = std::process::Command::new("kill")
-        .args(["-TERM", &pid])
-        .status()
-        .expect("kill");
-    assert!(status.success());
+    terminate(&holder);
     line_until(&mut held, "the holder deregisters", |l| {
         l.starts_with("deregistered")
     })

@@ -294,6 +294,79 @@ pub fn pki(dir: &Path) -> Pki {
     }
 }
 
+// ---------------------------------------------------------------- programs under test
+
+/// An id unique to this test run, for service names and namespaces.
+pub fn run_id() -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or_default();
+    format!("{}{nanos:x}", std::process::id())
+}
+
+/// The lines a program prints on stdout.
+pub type OutputLines = tokio::io::Lines<tokio::io::BufReader<tokio::process::ChildStdout>>;
+
+/// Starts `program` with `args` (no `REGISTRY_URL` from the environment, logs at `warn`), its
+/// stdout readable line by line; it is killed when the child is dropped.
+pub fn spawn_program(program: &str, args: &[&str]) -> (tokio::process::Child, OutputLines) {
+    use tokio::io::AsyncBufReadExt;
+    let mut child = tokio::process::Command::new(program)
+        .args(args)
+        .env_remove("REGISTRY_URL")
+        .env("RUST_LOG", "warn")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap_or_else(|e| panic!("run {program}: {e}"));
+    let stdout = child.stdout.take().expect("piped stdout");
+    (child, tokio::io::BufReader::new(stdout).lines())
+}
+
+/// Reads lines until each of `wanted` has matched one, failing with `what` (and the last
+/// lines read) after `within`.
+pub async fn lines_match_all(
+    lines: &mut OutputLines,
+    within: Duration,
+    what: &str,
+    wanted: &[&dyn Fn(&str) -> bool],
+) {
+    let deadline = Instant::now() + within;
+    let mut seen = vec![false; wanted.len()];
+    let mut last = Vec::new();
+    while seen.iter().any(|s| !s) {
+        match timeout(
+            deadline.saturating_duration_since(Instant::now()),
+            lines.next_line(),
+        )
+        .await
+        {
+            Ok(Ok(Some(line))) => {
+                for (i, want) in wanted.iter().enumerate() {
+                    seen[i] |= want(&line);
+                }
+                last.push(line);
+                if last.len() > 6 {
+                    last.remove(0);
+                }
+            }
+            other => panic!("{what}: {other:?}; last lines: {last:?}"),
+        }
+    }
+}
+
+/// Sends SIGTERM to `child`.
+pub fn terminate(child: &tokio::process::Child) {
+    let pid = child.id().expect("the process runs").to_string();
+    let status = Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .expect("run kill");
+    assert!(status.success(), "kill -TERM {pid} failed");
+}
+
 // ---------------------------------------------------------------- etcd
 
 /// TLS files for a server started with [`EtcdServer::start_tls`].

@@ -2,96 +2,49 @@
 //! binary, only the URL changes. The client's calls over HTTP and gRPC succeed; when the
 //! server stops (SIGTERM: deregister, drain, stop) the client sees it gone.
 
-use std::process::Stdio;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
-use tokio::io::{AsyncBufReadExt, BufReader, Lines};
-use tokio::process::{Child, ChildStdout, Command};
-use tokio::time::{timeout, Instant};
+use test_support::{lines_match_all, run_id, spawn_program, terminate};
 
 const WITHIN: Duration = Duration::from_secs(30);
 const BIN: &str = env!("CARGO_BIN_EXE_helloworld");
 
-fn run_id() -> String {
-    let nanos = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.subsec_nanos())
-        .unwrap_or_default();
-    format!("{}{nanos:x}", std::process::id())
-}
-
-fn spawn(args: &[&str]) -> (Child, Lines<BufReader<ChildStdout>>) {
-    let mut child = Command::new(BIN)
-        .args(args)
-        .env_remove("REGISTRY_URL")
-        .env("RUST_LOG", "warn")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("run helloworld");
-    let stdout = child.stdout.take().expect("piped stdout");
-    (child, BufReader::new(stdout).lines())
-}
-
-/// Reads lines until every one of `wanted` has been seen.
-async fn see_all(
-    lines: &mut Lines<BufReader<ChildStdout>>,
-    what: &str,
-    wanted: &[&dyn Fn(&str) -> bool],
-) {
-    let deadline = Instant::now() + WITHIN;
-    let mut seen = vec![false; wanted.len()];
-    let mut last = Vec::new();
-    while seen.iter().any(|s| !s) {
-        match timeout(
-            deadline.saturating_duration_since(Instant::now()),
-            lines.next_line(),
-        )
-        .await
-        {
-            Ok(Ok(Some(line))) => {
-                for (i, want) in wanted.iter().enumerate() {
-                    seen[i] |= want(&line);
-                }
-                last.push(line);
-                if last.len() > 6 {
-                    last.remove(0);
-                }
-            }
-            other => panic!("{what}: {other:?}; last lines: {last:?}"),
-        }
-    }
-}
-
 async fn server_and_client(url: &str) {
     let name = format!("helloworld{}", run_id());
-    let (mut server, mut served) = spawn(&[
-        "--registry",
-        url,
-        "--name",
-        &name,
-        "server",
-        "--drain",
-        "200ms",
-    ]);
-    see_all(
+    let (mut server, mut served) = spawn_program(
+        BIN,
+        &[
+            "--registry",
+            url,
+            "--name",
+            &name,
+            "server",
+            "--drain",
+            "200ms",
+        ],
+    );
+    lines_match_all(
         &mut served,
+        WITHIN,
         "the server starts",
         &[&|l: &str| l.starts_with("serving")],
     )
     .await;
-    let (_client, mut calls) = spawn(&[
-        "--registry",
-        url,
-        "--name",
-        &name,
-        "client",
-        "--interval",
-        "200ms",
-    ]);
-    see_all(
+    let (_client, mut calls) = spawn_program(
+        BIN,
+        &[
+            "--registry",
+            url,
+            "--name",
+            &name,
+            "client",
+            "--interval",
+            "200ms",
+        ],
+    );
+    lines_match_all(
         &mut calls,
+        WITHIN,
         "calls succeed",
         &[
             &|l: &str| l == "[http] SayHello welcome go-kratos!",
@@ -100,25 +53,22 @@ async fn server_and_client(url: &str) {
     )
     .await;
 
-    let pid = server.id().expect("the server runs").to_string();
-    let status = std::process::Command::new("kill")
-        .args(["-TERM", &pid])
-        .status()
-        .expect("kill");
-    assert!(status.success());
-    see_all(
+    terminate(&server);
+    lines_match_all(
         &mut served,
+        WITHIN,
         "the server stops",
         &[&|l: &str| l == "stopped"],
     )
     .await;
-    let exit = timeout(WITHIN, server.wait())
+    let exit = tokio::time::timeout(WITHIN, server.wait())
         .await
         .expect("the server exits")
         .expect("wait");
     assert!(exit.success(), "{exit:?}");
-    see_all(
+    lines_match_all(
         &mut calls,
+        WITHIN,
         "the client sees it gone",
         &[
             &|l: &str| l.starts_with("[http] error: no http instance"),
@@ -130,9 +80,10 @@ async fn server_and_client(url: &str) {
 
 #[tokio::test]
 async fn memory_in_one_process() {
-    let (_both, mut lines) = spawn(&[]);
-    see_all(
+    let (_both, mut lines) = spawn_program(BIN, &[]);
+    lines_match_all(
         &mut lines,
+        WITHIN,
         "calls succeed",
         &[
             &|l: &str| l == "[http] SayHello welcome go-kratos!",
