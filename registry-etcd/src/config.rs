@@ -4,7 +4,6 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use etcd_client::{Certificate, Identity};
 use percent_encoding::percent_decode_str;
 use registry_core::{Error, RegistryUrl, Result, UrlOptions};
 
@@ -49,7 +48,7 @@ impl TlsConfig {
         self
     }
 
-    pub(crate) fn load(&self) -> Result<etcd_client::TlsOptions> {
+    pub(crate) fn load(&self) -> Result<tonic::transport::ClientTlsConfig> {
         let read = |field: &'static str, path: &Path| {
             std::fs::read(path).map_err(|e| {
                 Error::invalid(
@@ -59,18 +58,15 @@ impl TlsConfig {
                 )
             })
         };
-        let mut tls = etcd_client::TlsOptions::new()
-            .ca_certificate(Certificate::from_pem(read("ca_file", &self.ca_file)?));
-        if let Some((cert, key)) = &self.identity {
-            tls = tls.identity(Identity::from_pem(
-                read("cert_file", cert)?,
-                read("key_file", key)?,
-            ));
-        }
-        if let Some(domain) = &self.domain {
-            tls = tls.domain_name(domain.clone());
-        }
-        Ok(tls)
+        let identity = match &self.identity {
+            Some((cert, key)) => Some((read("cert_file", cert)?, read("key_file", key)?)),
+            None => None,
+        };
+        Ok(crate::client::tls_config(
+            read("ca_file", &self.ca_file)?,
+            identity,
+            self.domain.as_deref(),
+        ))
     }
 }
 

@@ -1,19 +1,19 @@
 //! The connection to etcd: one endpoint in use at a time, failing over to the next endpoint
 //! that answers when the one in use stops answering.
 //!
-//! etcd-client spreads requests over all its endpoints and keeps sending some to an endpoint
-//! that is down (each such request fails with "tcp connect error"), so a URL listing several
-//! endpoints gets a client per endpoint here instead, pinned to one that answers, as etcd's Go
-//! client does.
+//! A URL listing several endpoints gets a client per endpoint, pinned to one that answers, as
+//! etcd's Go client does (spreading requests over every endpoint keeps sending some to one
+//! that is down).
 
 use std::future::Future;
 use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use etcd_client::{Client, ConnectOptions};
 use registry_core::{Error, Result};
+use tonic::Status;
 
-use crate::error::map_err;
+use crate::client::{Client, ConnectOptions};
+use crate::error::{map_connect_err, map_err};
 use crate::Config;
 
 struct Pinned {
@@ -41,21 +41,13 @@ const RESCAN_AFTER: Duration = Duration::from_secs(1);
 impl Connection {
     /// Connects to the first endpoint that answers, in the order given.
     pub(crate) async fn open(config: &Config) -> Result<Connection> {
-        let mut options = ConnectOptions::new()
-            .with_connect_timeout(config.connect_timeout)
-            .with_timeout(config.request_timeout)
-            // Notice a dead connection (a server cut off or frozen) instead of waiting on it.
-            .with_keep_alive(Duration::from_secs(5), Duration::from_secs(5))
-            .with_keep_alive_while_idle(true);
-        if let Some((user, password)) = &config.credentials {
-            // etcd forgets tokens when idle or restarted: get a new one when told so.
-            options = options
-                .with_user(user.clone(), password.clone())
-                .with_auto_token_refresh(true);
-        }
-        if let Some(tls) = &config.tls {
-            options = options.with_tls(tls.load()?);
-        }
+        let options = ConnectOptions {
+            connect_timeout: config.connect_timeout,
+            request_timeout: config.request_timeout,
+            // etcd forgets tokens when idle or restarted: the client gets a new one when told so.
+            credentials: config.credentials.clone(),
+            tls: config.tls.as_ref().map(|tls| tls.load()).transpose()?,
+        };
         let mut last_error = None;
         for (index, endpoint) in config.endpoints.iter().enumerate() {
             match dial(endpoint, &options, config).await {
@@ -97,7 +89,7 @@ impl Connection {
     pub(crate) async fn run<T, F, Fut>(&self, operation: &'static str, op: F) -> Result<T>
     where
         F: Fn(Client) -> Fut,
-        Fut: Future<Output = std::result::Result<T, etcd_client::Error>>,
+        Fut: Future<Output = std::result::Result<T, Status>>,
     {
         let (generation, client) = self.client();
         match op(client).await {
@@ -154,14 +146,14 @@ impl Connection {
 
 /// Connects to one endpoint and checks that it answers.
 async fn dial(endpoint: &str, options: &ConnectOptions, config: &Config) -> Result<Client> {
-    let connecting = Client::connect([endpoint], Some(options.clone()));
-    let mut client = tokio::time::timeout(config.connect_timeout, connecting)
+    let connecting = Client::connect(endpoint, options);
+    let client = tokio::time::timeout(config.connect_timeout, connecting)
         .await
         .map_err(|_| Error::Timeout {
             operation: "connect",
             after: config.connect_timeout,
         })?
-        .map_err(|e| map_err("connect", e))?;
+        .map_err(|e| map_connect_err(endpoint, e))?;
     let status = tokio::time::timeout(config.request_timeout, client.status())
         .await
         .map_err(|_| Error::Timeout {
@@ -169,7 +161,7 @@ async fn dial(endpoint: &str, options: &ConnectOptions, config: &Config) -> Resu
             after: config.request_timeout,
         })?
         .map_err(|e| map_err("status", e))?;
-    if status.is_learner() {
+    if status.is_learner {
         // A learner answers its status but refuses reads and writes.
         return Err(Error::Unavailable {
             message: format!("etcd endpoint {endpoint} is a learner"),

@@ -6,17 +6,18 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use etcd_client::GetOptions;
 use registry_core::validate::{validate_id, validate_name};
 use registry_core::{
     Capabilities, Checked, Discovery, Error, Registrar, Registry, Result, ServiceInstance,
     WatchHub, Watcher,
 };
 
+mod client;
 mod config;
 mod core;
 mod error;
 mod registration;
+mod rpc;
 mod watch;
 
 pub use config::{Config, TlsConfig};
@@ -163,9 +164,9 @@ impl Registrar for EtcdRegistry {
         }
         self.inner
             .conn
-            .run("delete", |mut c| {
+            .run("delete", |c| {
                 let key = key.clone();
-                async move { c.delete(key, None).await }
+                async move { c.delete(key.as_bytes()).await }
             })
             .await?;
         Ok(())
@@ -176,7 +177,7 @@ impl EtcdRegistry {
     /// Revokes a lease (deleting what is attached to it); failures only log: an unrevoked
     /// lease expires after its TTL.
     async fn revoke(&self, lease: i64) {
-        let (_, mut client) = self.inner.conn.client();
+        let (_, client) = self.inner.conn.client();
         if let Err(e) = client.lease_revoke(lease).await {
             tracing::debug!(lease, error = %e, "etcd lease revoke failed");
         }
@@ -231,21 +232,18 @@ impl Registry for EtcdRegistry {
         let resp = self
             .inner
             .conn
-            .run("get", |mut c| {
+            .run("get", |c| {
                 let namespace = namespace.clone();
-                async move {
-                    c.get(namespace, Some(GetOptions::new().with_prefix()))
-                        .await
-                }
+                async move { c.get_prefix(namespace.as_bytes(), 0).await }
             })
             .await?;
         let mut names: Vec<String> = resp
-            .kvs()
+            .kvs
             .iter()
             .filter_map(|kv| {
-                let rest = kv.key().strip_prefix(namespace.as_bytes())?;
+                let rest = kv.key.strip_prefix(namespace.as_bytes())?;
                 let name = std::str::from_utf8(rest).ok()?.split_once('/')?.0;
-                watch::decode(kv.key(), kv.value(), name).map(|i| i.name)
+                watch::decode(&kv.key, &kv.value, name).map(|i| i.name)
             })
             .collect();
         names.dedup();

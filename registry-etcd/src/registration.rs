@@ -5,7 +5,6 @@ use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use etcd_client::PutOptions;
 use registry_core::{Backoff, Error, Result, ServiceInstance};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -149,12 +148,11 @@ impl Registration {
 /// Grants a lease of `ttl`.
 pub(crate) async fn grant(conn: &Connection, ttl: Duration) -> Result<i64> {
     let ttl_secs = i64::try_from(ttl.as_secs().max(2)).unwrap_or(i64::MAX);
-    Ok(conn
-        .run("lease grant", |mut c| async move {
-            c.lease_grant(ttl_secs, None).await
-        })
-        .await?
-        .id())
+    conn.run(
+        "lease grant",
+        |c| async move { c.lease_grant(ttl_secs).await },
+    )
+    .await
 }
 
 /// Grants a lease and writes the instance under it.
@@ -177,15 +175,11 @@ pub(crate) async fn put_under(
     lease: i64,
 ) -> Result<()> {
     let value = instance.to_json();
-    conn.run("put", |mut c| {
+    conn.run("put", |c| {
         let value = value.clone();
-        async move {
-            c.put(key, value, Some(PutOptions::new().with_lease(lease)))
-                .await
-        }
+        async move { c.put(key.as_bytes(), value.as_bytes(), lease).await }
     })
-    .await?;
-    Ok(())
+    .await
 }
 
 /// What the registration task works with.
@@ -257,21 +251,21 @@ async fn regrant(task: &Task, instance: &ServiceInstance) -> Result<i64> {
 /// why. When the connection failed (rather than the lease expiring), lets the connection fail
 /// over to another endpoint.
 async fn hold(task: &mut Task, lease: i64) -> String {
-    let (generation, mut client) = task.conn.client();
+    let (generation, client) = task.conn.client();
     let ttl = task.ttl;
     let (why, connection_failed) = async {
-        let (mut keeper, mut stream) = match client.lease_keep_alive(lease).await {
-            Ok(pair) => pair,
+        let mut keeper = match client.lease_keep_alive(lease).await {
+            Ok(keeper) => keeper,
             Err(e) => return (format!("keep-alive stream: {e}"), true),
         };
         // A value handed over while the lease was being re-granted is written first.
         let mut pending = task.latest.has_changed().unwrap_or(false);
         loop {
-            if let Err(e) = keeper.keep_alive().await {
+            if let Err(e) = keeper.send().await {
                 return (format!("keep-alive send: {e}"), true);
             }
-            match tokio::time::timeout(ttl, stream.message()).await {
-                Ok(Ok(Some(resp))) if resp.ttl() > 0 => {}
+            match tokio::time::timeout(ttl, keeper.message()).await {
+                Ok(Ok(Some(resp))) if resp.ttl > 0 => {}
                 Ok(Ok(Some(_))) => return ("lease expired".into(), false),
                 Ok(Ok(None)) => return ("keep-alive stream closed".into(), true),
                 Ok(Err(e)) => return (format!("keep-alive: {e}"), true),

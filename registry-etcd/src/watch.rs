@@ -6,11 +6,12 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use etcd_client::{EventType, GetOptions, WatchOptions};
 use registry_core::{Backoff, Error, Publisher, Result, ServiceInstance};
 
+use crate::client::WatchStream;
 use crate::core::Connection;
 use crate::error::{is_out_of_range, map_err};
+use crate::rpc::mvccpb::event::EventType;
 
 /// Decodes the instances under a prefix, skipping (with a warning) what is not one.
 pub(crate) fn decode(key: &[u8], value: &[u8], name: &str) -> Option<ServiceInstance> {
@@ -69,16 +70,16 @@ fn value_hash(value: &[u8]) -> u64 {
 /// Lists the prefix: the instances by key, and the revision of the read.
 pub(crate) async fn list(conn: &Connection, prefix: &str, name: &str) -> Result<View> {
     let resp = conn
-        .run("get", |mut c| async move {
-            c.get(prefix, Some(GetOptions::new().with_prefix())).await
+        .run("get", |c| async move {
+            c.get_prefix(prefix.as_bytes(), 0).await
         })
         .await?;
     let mut view = View {
-        revision: resp.header().map_or(0, |h| h.revision()),
+        revision: resp.header.as_ref().map_or(0, |h| h.revision),
         ..View::default()
     };
-    for kv in resp.kvs() {
-        view.put(kv.key(), kv.value(), kv.mod_revision(), name);
+    for kv in &resp.kvs {
+        view.put(&kv.key, &kv.value, kv.mod_revision, name);
     }
     Ok(view)
 }
@@ -87,19 +88,13 @@ pub(crate) async fn list(conn: &Connection, prefix: &str, name: &str) -> Result<
 /// revision continues it without a gap: false when that revision was compacted away, or when
 /// etcd lost its data (the revision is in the future, or its keys or values differ).
 async fn still_holds(conn: &Connection, prefix: &str, view: &View) -> Result<bool> {
-    let (generation, mut client) = conn.client();
-    let options = GetOptions::new().with_prefix().with_revision(view.revision);
-    match client.get(prefix, Some(options)).await {
+    let (generation, client) = conn.client();
+    match client.get_prefix(prefix.as_bytes(), view.revision).await {
         Ok(resp) => {
             let then: BTreeMap<Vec<u8>, (i64, u64)> = resp
-                .kvs()
+                .kvs
                 .iter()
-                .map(|kv| {
-                    (
-                        kv.key().to_vec(),
-                        (kv.mod_revision(), value_hash(kv.value())),
-                    )
-                })
+                .map(|kv| (kv.key.clone(), (kv.mod_revision, value_hash(&kv.value))))
                 .collect();
             Ok(then == view.revisions)
         }
@@ -159,13 +154,10 @@ async fn follow_once(
     let Some(view) = view.as_mut() else {
         return Ok(());
     };
-    let (generation, mut client) = conn.client();
-    let options = WatchOptions::new()
-        .with_prefix()
-        .with_start_revision(view.revision + 1);
+    let (generation, client) = conn.client();
     let watching = async {
         let mut stream = client
-            .watch(prefix, Some(options))
+            .watch_prefix(prefix.as_bytes(), view.revision + 1)
             .await
             .map_err(|e| map_err("watch", e))?;
         backoff.reset();
@@ -180,7 +172,7 @@ async fn follow_once(
 
 /// Applies the watch's events to `view`, publishing after each response, until it fails.
 async fn apply_events(
-    stream: &mut etcd_client::WatchStream,
+    stream: &mut WatchStream,
     view: &mut View,
     name: &str,
     publisher: &Publisher,
@@ -192,30 +184,36 @@ async fn apply_events(
                 source: None,
             });
         };
-        if resp.canceled() {
+        if resp.canceled {
             // Compacted past our revision, most likely: the next round checks and lists.
             return Err(Error::Backend {
                 backend: crate::SCHEME,
                 message: format!(
                     "watch canceled (compacted at {}): {}",
-                    resp.compact_revision(),
-                    resp.cancel_reason()
+                    resp.compact_revision, resp.cancel_reason
                 ),
                 temporary: false,
                 source: None,
             });
         }
-        for event in resp.events() {
-            let Some(kv) = event.kv() else { continue };
-            match event.event_type() {
-                EventType::Put => view.put(kv.key(), kv.value(), kv.mod_revision(), name),
-                EventType::Delete => view.delete(kv.key()),
+        for event in &resp.events {
+            let Some(kv) = &event.kv else { continue };
+            match EventType::try_from(event.r#type) {
+                Ok(EventType::Put) => view.put(&kv.key, &kv.value, kv.mod_revision, name),
+                Ok(EventType::Delete) => view.delete(&kv.key),
+                Err(_) => {
+                    tracing::warn!(
+                        kind = event.r#type,
+                        "etcd watch event of an unknown type; skipped"
+                    );
+                    continue;
+                }
             }
             // A revision's events all come in one response: after it, the view is the state
             // at the newest event's revision.
-            view.revision = view.revision.max(kv.mod_revision());
+            view.revision = view.revision.max(kv.mod_revision);
         }
-        if !resp.events().is_empty() {
+        if !resp.events.is_empty() {
             publisher.publish(view.list());
         }
     }
