@@ -123,15 +123,11 @@ impl Zk {
 
 /// Connects a new session.
 async fn new_client(config: &Config) -> Result<Client> {
-    let mut connector = Client::connector();
-    connector
-        .session_timeout(config.session_timeout)
-        .connection_timeout(config.connect_timeout);
+    let mut connector = Client::connector()
+        .with_session_timeout(config.session_timeout)
+        .with_connection_timeout(config.connect_timeout);
     if let Some((user, password)) = &config.digest {
-        connector.auth(
-            "digest".to_owned(),
-            format!("{user}:{password}").into_bytes(),
-        );
+        connector = connector.with_auth("digest", format!("{user}:{password}").as_bytes());
     }
     let cluster = config.cluster();
     // The connector retries servers on its own; bound the whole attempt.

@@ -100,9 +100,10 @@ async fn follow_session(
         match event.event_type {
             EventType::Session => match event.session_state {
                 SessionState::SyncConnected | SessionState::ConnectedReadOnly => {
-                    // zookeeper-client 0.9.3 re-sends only one-shot watches on reconnect (its
-                    // `resend_watches` never selects SetWatches2), so a restarted server has
-                    // lost our persistent watch: add it again, then list what was missed.
+                    // zookeeper-client (0.9.3 through 0.11.2) re-sends only one-shot watches
+                    // on reconnect (its `resend_watches` never selects SetWatches2), so a
+                    // restarted server has lost our persistent watch: add it again, then
+                    // list what was missed.
                     let renewed = timed(
                         zk,
                         "watch",
