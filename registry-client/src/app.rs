@@ -70,17 +70,15 @@ impl App {
     ) -> Result<(), ClientError> {
         self.registrar.register(&instance).await?;
         tracing::info!(service = %instance.name, id = %instance.id, endpoints = ?instance.endpoints, "registered");
-        let server_ended = async {
-            if servers.is_empty() {
-                std::future::pending::<()>().await;
-            }
-            let index = first_ended(&mut servers).await;
-            tracing::warn!(index, "a server ended; stopping");
+        let ended = tokio::select! {
+            _ = until => None,
+            _ = shutdown_signal() => None,
+            index = first_ended(&mut servers) => Some(index),
         };
-        tokio::select! {
-            _ = until => {}
-            _ = signal() => {}
-            _ = server_ended => {}
+        if let Some(index) = ended {
+            tracing::warn!(index, "a server ended; stopping");
+            // Its handle has completed: awaiting it again below would panic.
+            drop(servers.swap_remove(index));
         }
         let deregistered = self.registrar.deregister(&instance).await;
         tracing::info!(service = %instance.name, id = %instance.id, "deregistered; draining");
@@ -93,7 +91,7 @@ impl App {
     }
 }
 
-/// Resolves with the index of the first server task that ends.
+/// Resolves with the index of the first server task that ends (never, when there is none).
 async fn first_ended(servers: &mut [JoinHandle<()>]) -> usize {
     std::future::poll_fn(|cx| {
         for (i, server) in servers.iter_mut().enumerate() {
@@ -106,8 +104,19 @@ async fn first_ended(servers: &mut [JoinHandle<()>]) -> usize {
     .await
 }
 
-/// Resolves on SIGINT or SIGTERM.
-async fn signal() {
+/// Resolves on SIGINT (Ctrl-C) or SIGTERM: the signals [`App::run`] stops on, for the parts
+/// of a program that run beside it (a client loop) and must stop on them too.
+///
+/// ```no_run
+/// # async fn work() {}
+/// # async fn run() {
+/// tokio::select! {
+///     _ = work() => {}
+///     _ = registry_client::shutdown_signal() => println!("stopping"),
+/// }
+/// # }
+/// ```
+pub async fn shutdown_signal() {
     #[cfg(unix)]
     {
         use tokio::signal::unix::{signal, SignalKind};

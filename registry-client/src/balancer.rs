@@ -134,8 +134,12 @@ impl HttpBalancer {
 
     /// Two draws by weight; the one with fewer requests in flight per weight wins.
     fn power_of_two<'a>(&self, nodes: &'a [Node]) -> &'a Node {
+        // Weights are positive and bounded (MAX_WEIGHT), so the total is finite and positive.
+        let total: f64 = nodes.iter().map(|n| n.weight).sum();
         let draw = || {
-            let total: f64 = nodes.iter().map(|n| n.weight).sum();
+            if !(total.is_finite() && total > 0.0) {
+                return &nodes[rand::random_range(0..nodes.len())];
+            }
             let mut at = rand::random_range(0.0..total);
             for node in nodes {
                 if at < node.weight {

@@ -43,10 +43,10 @@ mod resolver;
 
 use std::time::Duration;
 
-pub use app::App;
+pub use app::{shutdown_signal, App};
 pub use balancer::{HttpBalancer, Picked, Strategy};
 pub use grpc::{grpc_channel, BalancedChannel};
-pub use resolver::{Node, Resolver};
+pub use resolver::{Node, Resolver, MAX_WEIGHT};
 
 /// Errors of client-side discovery.
 #[derive(Debug, thiserror::Error)]

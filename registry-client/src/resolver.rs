@@ -16,7 +16,7 @@ pub struct Node {
     pub instance_id: String,
     /// The endpoint.
     pub endpoint: Endpoint,
-    /// Its weight: the instance's metadata `weight`, else 1.
+    /// Its weight: the instance's metadata `weight`, else 1; at most [`MAX_WEIGHT`].
     pub weight: f64,
 }
 
@@ -53,16 +53,34 @@ impl Drop for Resolver {
     }
 }
 
+/// The largest weight an instance can have (Nacos' own bound): a larger one, written by
+/// anyone who can write to the registry, is taken as this, so that sums of weights stay finite.
+pub const MAX_WEIGHT: f64 = 10_000.0;
+
+/// An instance's weight from its metadata: 1 when absent or not a positive number, at most
+/// [`MAX_WEIGHT`].
+fn weight_of(instance: &ServiceInstance) -> f64 {
+    let Some(text) = instance.metadata.get("weight") else {
+        return 1.0;
+    };
+    match text.parse::<f64>() {
+        Ok(w) if w.is_finite() && w > MAX_WEIGHT => {
+            tracing::warn!(id = %instance.id, weight = %text, max = MAX_WEIGHT, "instance weight too large; capped");
+            MAX_WEIGHT
+        }
+        Ok(w) if w.is_finite() && w > 0.0 => w,
+        _ => {
+            tracing::warn!(id = %instance.id, weight = %text, "instance weight is not a positive number; 1 used");
+            1.0
+        }
+    }
+}
+
 fn nodes_of(list: &[ServiceInstance], scheme: &str, options: &Options) -> Vec<Node> {
     list.iter()
         .filter(|i| options.filter.as_ref().is_none_or(|f| f(i)))
         .flat_map(|i| {
-            let weight = i
-                .metadata
-                .get("weight")
-                .and_then(|w| w.parse::<f64>().ok())
-                .filter(|w| w.is_finite() && *w > 0.0)
-                .unwrap_or(1.0);
+            let weight = weight_of(i);
             i.parsed_endpoints()
                 .unwrap_or_default()
                 .into_iter()

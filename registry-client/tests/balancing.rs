@@ -130,6 +130,61 @@ async fn power_of_two_prefers_the_less_busy() {
     drop(busy);
 }
 
+/// Weights are read from the registry, which anyone may write to: absurd ones (1e308 twice
+/// sums to infinity; NaN, negative, text) neither panic nor skew the pick beyond the cap.
+#[tokio::test]
+async fn hostile_weights_neither_panic_nor_dominate() {
+    let (registry, discovery) = store("client-weights");
+    for (id, weight) in [
+        ("a", "1e308"),
+        ("b", "1e308"),
+        ("c", "NaN"),
+        ("d", "-5"),
+        ("e", "inf"),
+        ("f", "heavy"),
+    ] {
+        let endpoint = format!("http://10.0.1.{}:80", id.as_bytes()[0]);
+        registry
+            .register(&instance(id, &[endpoint.as_str()], "v1", Some(weight)))
+            .await
+            .unwrap();
+    }
+    for strategy in [Strategy::PowerOfTwo, Strategy::RoundRobin] {
+        let balancer = HttpBalancer::new(discovery.clone(), TARGET, Options::default(), strategy)
+            .await
+            .unwrap();
+        let mut counts: HashMap<String, usize> = HashMap::new();
+        for _ in 0..2000 {
+            *counts
+                .entry(balancer.pick().unwrap().key().to_owned())
+                .or_default() += 1;
+        }
+        assert_eq!(counts.values().sum::<usize>(), 2000);
+        // a and b are capped at MAX_WEIGHT, c..f weigh 1.
+        let heavy = counts.get("10.0.1.97:80").copied().unwrap_or(0)
+            + counts.get("10.0.1.98:80").copied().unwrap_or(0);
+        assert!(heavy > 1900, "{strategy:?}: {counts:?}");
+    }
+    let nodes = Resolver::new(discovery, TARGET, "http", Options::default())
+        .await
+        .unwrap()
+        .nodes()
+        .unwrap();
+    let mut weights: Vec<f64> = nodes.iter().map(|n| n.weight).collect();
+    weights.sort_by(f64::total_cmp);
+    assert_eq!(
+        weights,
+        [
+            1.0,
+            1.0,
+            1.0,
+            1.0,
+            registry_client::MAX_WEIGHT,
+            registry_client::MAX_WEIGHT
+        ]
+    );
+}
+
 #[tokio::test]
 async fn filter_and_bounded_first_wait() {
     let (registry, discovery) = store("client-filter");
