@@ -359,12 +359,21 @@ pub async fn lines_match_all(
 
 /// Sends SIGTERM to `child`.
 pub fn terminate(child: &tokio::process::Child) {
+    send_signal(child, "TERM");
+}
+
+/// Sends SIGINT (what Ctrl-C sends) to a running child.
+pub fn interrupt(child: &tokio::process::Child) {
+    send_signal(child, "INT");
+}
+
+fn send_signal(child: &tokio::process::Child, signal: &str) {
     let pid = child.id().expect("the process runs").to_string();
     let status = Command::new("kill")
-        .args(["-TERM", &pid])
+        .args([format!("-{signal}").as_str(), &pid])
         .status()
         .expect("run kill");
-    assert!(status.success(), "kill -TERM {pid} failed");
+    assert!(status.success(), "kill -{signal} {pid} failed");
 }
 
 // ---------------------------------------------------------------- etcd

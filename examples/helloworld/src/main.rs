@@ -17,12 +17,13 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use clap::{Parser, Subcommand};
 use registry::{Registry, ServiceInstance};
-use registry_client::{grpc_channel, App, HttpBalancer, Options, Strategy};
+use registry_client::{grpc_channel, shutdown_signal, App, HttpBalancer, Options, Strategy};
 
-/// The generated Greeter code.
+/// The Greeter's gRPC code, generated from `proto/helloworld.proto` by `scripts/protogen`
+/// (protox and tonic-prost-build) and checked in, so that building needs no `protoc`.
 pub mod pb {
     #![allow(missing_docs, clippy::all)]
-    tonic::include_proto!("helloworld.v1");
+    include!("pb/helloworld.v1.rs");
 }
 
 use pb::greeter_client::GreeterClient;
@@ -128,10 +129,14 @@ async fn run(cli: Cli) -> Result<(), Failure> {
             serve(registry, cli.name.clone(), drain, std::future::pending()).await
         }
         Some(Command::Client { interval, count }) => {
-            call(registry, &cli.name, interval, count).await
+            tokio::select! {
+                called = call(registry, &cli.name, interval, count) => called,
+                _ = stopping() => Ok(()),
+            }
         }
         None => {
-            // Both sides in one process.
+            // Both sides in one process. On SIGINT/SIGTERM the client stops first; the
+            // server, told by the same signal, deregisters and stops.
             let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
             let server = tokio::spawn(serve(
                 registry.clone(),
@@ -141,12 +146,26 @@ async fn run(cli: Cli) -> Result<(), Failure> {
                     let _ = stopped.await;
                 },
             ));
-            let called = call(registry, &cli.name, Duration::from_secs(1), None).await;
+            let called = tokio::select! {
+                called = call(registry, &cli.name, Duration::from_secs(1), None) => called,
+                _ = stopping() => Ok(()),
+            };
             let _ = stop.send(());
-            let _ = server.await;
+            server.await??;
             called
         }
     }
+}
+
+/// Resolves on the first SIGINT/SIGTERM; a second one ends the process at once, should the
+/// graceful stop hang.
+async fn stopping() {
+    shutdown_signal().await;
+    tokio::spawn(async {
+        shutdown_signal().await;
+        eprintln!("helloworld: second signal; exiting now");
+        std::process::exit(130);
+    });
 }
 
 /// Serves HTTP and gRPC on free loopback ports, registers them, runs until the signal.

@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use test_support::{lines_match_all, run_id, spawn_program, terminate};
+use test_support::{interrupt, lines_match_all, run_id, spawn_program, terminate};
 
 const WITHIN: Duration = Duration::from_secs(30);
 const BIN: &str = env!("CARGO_BIN_EXE_helloworld");
@@ -30,7 +30,7 @@ async fn server_and_client(url: &str) {
         &[&|l: &str| l.starts_with("serving")],
     )
     .await;
-    let (_client, mut calls) = spawn_program(
+    let (mut client, mut calls) = spawn_program(
         BIN,
         &[
             "--registry",
@@ -61,11 +61,7 @@ async fn server_and_client(url: &str) {
         &[&|l: &str| l == "stopped"],
     )
     .await;
-    let exit = tokio::time::timeout(WITHIN, server.wait())
-        .await
-        .expect("the server exits")
-        .expect("wait");
-    assert!(exit.success(), "{exit:?}");
+    exits_successfully(&mut server).await;
     lines_match_all(
         &mut calls,
         WITHIN,
@@ -76,11 +72,25 @@ async fn server_and_client(url: &str) {
         ],
     )
     .await;
+
+    // Ctrl-C stops the client.
+    interrupt(&client);
+    exits_successfully(&mut client).await;
 }
 
+async fn exits_successfully(child: &mut tokio::process::Child) {
+    let exit = tokio::time::timeout(WITHIN, child.wait())
+        .await
+        .expect("it exits after the signal")
+        .expect("wait");
+    assert!(exit.success(), "{exit:?}");
+}
+
+/// The README's first command: both sides in one process; Ctrl-C stops it (the server half
+/// deregisters and stops, the client half ends).
 #[tokio::test]
-async fn memory_in_one_process() {
-    let (_both, mut lines) = spawn_program(BIN, &[]);
+async fn memory_in_one_process_stops_on_ctrl_c() {
+    let (mut both, mut lines) = spawn_program(BIN, &[]);
     lines_match_all(
         &mut lines,
         WITHIN,
@@ -91,6 +101,15 @@ async fn memory_in_one_process() {
         ],
     )
     .await;
+    interrupt(&both);
+    lines_match_all(
+        &mut lines,
+        WITHIN,
+        "the server half stops",
+        &[&|l: &str| l == "stopped"],
+    )
+    .await;
+    exits_successfully(&mut both).await;
 }
 
 #[tokio::test]
