@@ -55,6 +55,11 @@ impl Drop for Picked {
         let mut in_flight = self.in_flight.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(n) = in_flight.get_mut(&self.key) {
             *n = n.saturating_sub(1);
+            // Only endpoints with requests in flight are kept: one that left the registry
+            // is forgotten once its last request ends.
+            if *n == 0 {
+                in_flight.remove(&self.key);
+            }
         }
     }
 }
@@ -159,6 +164,66 @@ impl HttpBalancer {
             b
         } else {
             a
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use registry_core::{MemoryRegistry, Registrar, ServiceInstance};
+
+    use super::*;
+
+    fn at(id: &str, endpoint: &str) -> ServiceInstance {
+        ServiceInstance::builder(id, "churn")
+            .endpoint(endpoint)
+            .build()
+            .expect("instance")
+    }
+
+    /// Endpoints come and go (a rolling deploy): the picker keeps no state for those that
+    /// left, once their requests ended.
+    #[tokio::test]
+    async fn state_of_endpoints_that_left_is_forgotten() {
+        let registry = MemoryRegistry::named("client-churn", Duration::from_secs(30));
+        for strategy in [Strategy::RoundRobin, Strategy::PowerOfTwo] {
+            let first = at("a", "http://10.0.2.1:80");
+            registry.register(&first).await.expect("register");
+            let balancer = HttpBalancer::new(
+                Arc::new(registry.clone()),
+                "discovery:///churn",
+                Options::default(),
+                strategy,
+            )
+            .await
+            .expect("balancer");
+            let mut previous = first;
+            for round in 2..50u8 {
+                let next = at(&format!("i{round}"), &format!("http://10.0.2.{round}:80"));
+                registry.register(&next).await.expect("register");
+                let held = balancer.pick().expect("pick");
+                registry.deregister(&previous).await.expect("deregister");
+                previous = next;
+                let wanted = format!("10.0.2.{round}:80");
+                tokio::time::timeout(Duration::from_secs(5), async {
+                    while balancer.pick().expect("pick").key() != wanted {
+                        tokio::task::yield_now().await;
+                    }
+                })
+                .await
+                .expect("the balancer follows the registry");
+                drop(held);
+            }
+            let in_flight = balancer.in_flight.lock().expect("lock").len();
+            assert_eq!(in_flight, 0, "{strategy:?}: no request is in flight");
+            let remembered = balancer.state.lock().expect("lock").len();
+            assert!(
+                remembered <= 1,
+                "{strategy:?}: {remembered} endpoints remembered"
+            );
+            registry.deregister(&previous).await.expect("deregister");
         }
     }
 }

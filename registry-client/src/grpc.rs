@@ -31,31 +31,38 @@ impl Drop for BalancedChannel {
     }
 }
 
-/// A channel balanced over the plaintext `grpc` endpoints of `target` (`discovery:///NAME`),
-/// following the registry: a change inserts and removes endpoints without dropping calls in
-/// flight. Waits (bounded by the options) for a first endpoint; a call while there is none
-/// waits for one, as tonic's balancer does.
+/// A channel balanced over the `grpc` endpoints of `target` (`discovery:///NAME`), following
+/// the registry: a change inserts and removes endpoints without dropping calls in flight.
+/// Endpoints marked secure (`isSecure=true`) are reached over TLS with
+/// [`Options::with_grpc_tls`], and skipped without it. Waits (bounded by the options) for a
+/// first endpoint; a call while there is none waits for one, as tonic's balancer does.
 pub async fn grpc_channel(
     discovery: Arc<dyn Discovery>,
     target: &str,
     options: Options,
 ) -> Result<BalancedChannel, ClientError> {
+    let tls = options.grpc_tls.clone();
     let mut resolver = Resolver::new(discovery, target, "grpc", options).await?;
     let (channel, sender) = Channel::balance_channel::<String>(64);
     let task = tokio::spawn(async move {
         let mut current: BTreeMap<String, ()> = BTreeMap::new();
         loop {
             let (nodes, ended) = resolver.snapshot();
-            let wanted: BTreeMap<String, String> = nodes
+            let wanted: BTreeMap<String, (String, bool)> = nodes
                 .iter()
                 .filter(|n| {
-                    let plain = !n.endpoint.is_secure();
-                    if !plain {
-                        tracing::warn!(endpoint = %n.endpoint.as_str(), "TLS gRPC endpoints are not balanced yet; skipped");
+                    let reachable = !n.endpoint.is_secure() || tls.is_some();
+                    if !reachable {
+                        tracing::warn!(endpoint = %n.endpoint.as_str(), "TLS gRPC endpoint skipped: no Options::with_grpc_tls");
                     }
-                    plain
+                    reachable
                 })
-                .map(|n| (n.endpoint.authority(), format!("http://{}", n.endpoint.authority())))
+                .map(|n| {
+                    let secure = n.endpoint.is_secure();
+                    let scheme = if secure { "https" } else { "http" };
+                    let uri = format!("{scheme}://{}", n.endpoint.authority());
+                    (n.endpoint.authority(), (uri, secure))
+                })
                 .collect();
             for key in current
                 .keys()
@@ -68,11 +75,15 @@ pub async fn grpc_channel(
                     return;
                 }
             }
-            for (key, uri) in wanted {
+            for (key, (uri, secure)) in wanted {
                 if current.contains_key(&key) {
                     continue;
                 }
-                match Endpoint::from_shared(uri) {
+                let endpoint = Endpoint::from_shared(uri).and_then(|e| match (&tls, secure) {
+                    (Some(tls), true) => e.tls_config(tls.clone()),
+                    _ => Ok(e),
+                });
+                match endpoint {
                     Ok(endpoint) => {
                         current.insert(key.clone(), ());
                         if sender.send(Change::Insert(key, endpoint)).await.is_err() {

@@ -102,6 +102,9 @@ pub struct Options {
     pub filter: Option<Filter>,
     /// How long creating a resolver waits for a first non-empty list.
     pub first_list_timeout: Duration,
+    /// TLS for `grpc` endpoints marked secure (`isSecure=true`) in a
+    /// [`grpc_channel`]; without it they are skipped (with a warning).
+    pub grpc_tls: Option<tonic::transport::ClientTlsConfig>,
 }
 
 impl Default for Options {
@@ -109,6 +112,7 @@ impl Default for Options {
         Options {
             filter: None,
             first_list_timeout: Duration::from_secs(10),
+            grpc_tls: None,
         }
     }
 }
@@ -118,6 +122,7 @@ impl std::fmt::Debug for Options {
         f.debug_struct("Options")
             .field("filter", &self.filter.as_ref().map(|_| "..."))
             .field("first_list_timeout", &self.first_list_timeout)
+            .field("grpc_tls", &self.grpc_tls.is_some())
             .finish()
     }
 }
@@ -129,6 +134,14 @@ impl Options {
         filter: impl Fn(&registry_core::ServiceInstance) -> bool + Send + Sync + 'static,
     ) -> Self {
         self.filter = Some(std::sync::Arc::new(filter));
+        self
+    }
+
+    /// Balances `grpc` endpoints marked secure (`isSecure=true`) too, over TLS with this
+    /// configuration (the CA to trust, a client identity, the name to expect); the server
+    /// name checked is the endpoint's host unless the configuration sets one.
+    pub fn with_grpc_tls(mut self, tls: tonic::transport::ClientTlsConfig) -> Self {
+        self.grpc_tls = Some(tls);
         self
     }
 

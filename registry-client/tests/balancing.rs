@@ -240,6 +240,97 @@ async fn health_server(status: ServingStatus) -> String {
     format!("grpc://{address}")
 }
 
+/// A TLS gRPC server (certificate of `pki`) on a free loopback port, reporting `status`.
+async fn tls_health_server(pki: &test_support::Pki, status: ServingStatus) -> String {
+    let (reporter, service) = tonic_health::server::health_reporter();
+    reporter.set_service_status("x", status).await;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let address = listener.local_addr().expect("address");
+    let identity = tonic::transport::Identity::from_pem(
+        std::fs::read(&pki.server_cert).expect("cert"),
+        std::fs::read(&pki.server_key).expect("key"),
+    );
+    let tls = tonic::transport::ServerTlsConfig::new().identity(identity);
+    tokio::spawn(async move {
+        let _keep = reporter;
+        tonic::transport::Server::builder()
+            .tls_config(tls)
+            .expect("TLS")
+            .add_service(service)
+            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener))
+            .await
+            .expect("serve");
+    });
+    format!("grpc://{address}?isSecure=true")
+}
+
+/// Endpoints registered with `isSecure=true` are balanced over TLS with the caller's
+/// configuration, beside plaintext ones; without a configuration they are left out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_grpc_endpoints_are_balanced_with_the_callers_tls() {
+    let dir = std::env::temp_dir().join(format!("registry-client-tls-{}", test_support::run_id()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let pki = test_support::pki(&dir);
+    let (registry, discovery) = store("client-grpc-tls");
+    let secure = tls_health_server(&pki, ServingStatus::Serving).await;
+    let plain = health_server(ServingStatus::NotServing).await;
+    registry
+        .register(&instance("s", &[&secure], "v1", None))
+        .await
+        .unwrap();
+    registry
+        .register(&instance("p", &[&plain], "v1", None))
+        .await
+        .unwrap();
+    let ca = tonic::transport::Certificate::from_pem(std::fs::read(&pki.ca).expect("CA"));
+    let options = Options::default()
+        .with_grpc_tls(tonic::transport::ClientTlsConfig::new().ca_certificate(ca));
+    let balanced = grpc_channel(discovery.clone(), TARGET, options)
+        .await
+        .unwrap();
+    let mut client = HealthClient::new(balanced.channel());
+    let mut seen = HashMap::new();
+    for _ in 0..100 {
+        let status = tokio::time::timeout(
+            Duration::from_secs(10),
+            client.check(HealthCheckRequest {
+                service: "x".into(),
+            }),
+        )
+        .await
+        .expect("an answer")
+        .expect("a call through the balanced channel")
+        .into_inner()
+        .status;
+        *seen.entry(status).or_insert(0) += 1;
+    }
+    assert!(
+        seen.contains_key(&(Status::Serving as i32))
+            && seen.contains_key(&(Status::NotServing as i32)),
+        "the TLS and the plaintext server both get calls: {seen:?}"
+    );
+
+    // Without TLS options the secure endpoint is left out: every call goes to the other.
+    let plain_only = grpc_channel(discovery, TARGET, Options::default())
+        .await
+        .unwrap();
+    let mut client = HealthClient::new(plain_only.channel());
+    for _ in 0..20 {
+        let status = client
+            .check(HealthCheckRequest {
+                service: "x".into(),
+            })
+            .await
+            .expect("a call")
+            .into_inner()
+            .status;
+        assert_eq!(status, Status::NotServing as i32);
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_grpc_channel_balances_and_follows_the_registry() {
     let (registry, discovery) = store("client-grpc");
