@@ -1,10 +1,12 @@
 //! A tonic channel balanced over a service's `grpc` endpoints.
 
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use registry_core::Discovery;
 use tokio::task::JoinHandle;
+use tonic::codegen::{http, BoxFuture, Context, Poll, Service, StdError};
 use tonic::transport::channel::Change;
 use tonic::transport::{Channel, Endpoint};
 
@@ -14,14 +16,78 @@ use crate::{ClientError, Options, Resolver};
 /// as needed; dropping this stops following the registry (the channel keeps its endpoints).
 #[derive(Debug)]
 pub struct BalancedChannel {
-    channel: Channel,
+    channel: FailFastChannel,
     task: JoinHandle<()>,
 }
 
 impl BalancedChannel {
-    /// The channel, for a tonic client (`GreeterClient::new(balanced.channel())`).
-    pub fn channel(&self) -> Channel {
+    /// The channel, for a tonic client (`GreeterClient::new(balanced.channel())`). A call
+    /// fails at once with `Unavailable` ("no grpc instance of NAME in the registry") while the
+    /// registry lists no endpoint it can reach, as [`HttpBalancer::pick`] does.
+    ///
+    /// [`HttpBalancer::pick`]: crate::HttpBalancer::pick
+    pub fn channel(&self) -> FailFastChannel {
         self.channel.clone()
+    }
+
+    /// The tonic channel underneath: a call while there is no endpoint waits for one.
+    pub fn tonic_channel(&self) -> Channel {
+        self.channel.inner.clone()
+    }
+}
+
+/// A tonic channel over a service's endpoints that fails fast while the registry lists none
+/// it can reach (tonic's balancer alone would make such a call wait). A call already waiting
+/// for an endpoint to become ready keeps waiting.
+#[derive(Debug, Clone)]
+pub struct FailFastChannel {
+    inner: Channel,
+    /// True while the registry lists no reachable endpoint.
+    empty: Arc<AtomicBool>,
+    service: Arc<str>,
+    /// Whether `inner` said it is ready (its `call` needs that).
+    inner_ready: bool,
+}
+
+impl FailFastChannel {
+    fn no_instances(&self) -> tonic::Status {
+        tonic::Status::unavailable(
+            ClientError::NoInstances {
+                service: self.service.to_string(),
+                scheme: "grpc".into(),
+            }
+            .to_string(),
+        )
+    }
+}
+
+impl Service<http::Request<tonic::body::Body>> for FailFastChannel {
+    type Response = http::Response<tonic::body::Body>;
+    type Error = StdError;
+    type Future = BoxFuture<Self::Response, Self::Error>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        if self.empty.load(Ordering::Acquire) {
+            self.inner_ready = false;
+            return Poll::Ready(Ok(()));
+        }
+        match self.inner.poll_ready(cx) {
+            Poll::Ready(Ok(())) => {
+                self.inner_ready = true;
+                Poll::Ready(Ok(()))
+            }
+            Poll::Ready(Err(e)) => Poll::Ready(Err(e.into())),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+
+    fn call(&mut self, request: http::Request<tonic::body::Body>) -> Self::Future {
+        if !std::mem::take(&mut self.inner_ready) {
+            let status = self.no_instances();
+            return Box::pin(async move { Err(status.into()) });
+        }
+        let call = self.inner.call(request);
+        Box::pin(async move { call.await.map_err(Into::into) })
     }
 }
 
@@ -44,6 +110,13 @@ pub async fn grpc_channel(
     let tls = options.grpc_tls.clone();
     let mut resolver = Resolver::new(discovery, target, "grpc", options).await?;
     let (channel, sender) = Channel::balance_channel::<String>(64);
+    let empty = Arc::new(AtomicBool::new(resolver.snapshot().0.is_empty()));
+    let channel = FailFastChannel {
+        inner: channel,
+        empty: empty.clone(),
+        service: crate::parse_target(target)?.into(),
+        inner_ready: false,
+    };
     let task = tokio::spawn(async move {
         let mut current: BTreeMap<String, ()> = BTreeMap::new();
         loop {
@@ -93,6 +166,8 @@ pub async fn grpc_channel(
                     Err(e) => tracing::warn!(%key, error = %e, "not a gRPC endpoint; skipped"),
                 }
             }
+            // Inserted first, so a call let through finds an endpoint.
+            empty.store(current.is_empty(), Ordering::Release);
             if ended || !resolver.changed().await {
                 return;
             }

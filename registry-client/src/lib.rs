@@ -45,7 +45,7 @@ use std::time::Duration;
 
 pub use app::{shutdown_signal, App};
 pub use balancer::{HttpBalancer, Picked, Strategy};
-pub use grpc::{grpc_channel, BalancedChannel};
+pub use grpc::{grpc_channel, BalancedChannel, FailFastChannel};
 pub use resolver::{Node, Resolver, MAX_WEIGHT};
 
 /// Errors of client-side discovery.

@@ -240,6 +240,57 @@ async fn health_server(status: ServingStatus) -> String {
     format!("grpc://{address}")
 }
 
+/// When the registry says there is no instance any more, a gRPC call fails at once with
+/// `Unavailable` (as `pick()` does for HTTP) instead of waiting for an endpoint; calls work
+/// again once one comes back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_grpc_channel_fails_fast_without_instances() {
+    let (registry, discovery) = store("client-grpc-empty");
+    let serving = health_server(ServingStatus::Serving).await;
+    let only = instance("only", &[&serving], "v1", None);
+    registry.register(&only).await.unwrap();
+    let balanced = grpc_channel(discovery, TARGET, Options::default())
+        .await
+        .unwrap();
+    let mut client = HealthClient::new(balanced.channel());
+    let check = HealthCheckRequest {
+        service: "x".into(),
+    };
+    let answer = |client: &mut HealthClient<registry_client::FailFastChannel>| {
+        let mut client = client.clone();
+        let check = check.clone();
+        async move {
+            tokio::time::timeout(Duration::from_secs(2), client.check(check))
+                .await
+                .expect("an answer at once, never a wait")
+        }
+    };
+    answer(&mut client).await.expect("served");
+
+    registry.deregister(&only).await.unwrap();
+    let status = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            if let Err(status) = answer(&mut client).await {
+                return status;
+            }
+        }
+    })
+    .await
+    .expect("calls fail once the registry lists nobody");
+    assert_eq!(status.code(), tonic::Code::Unavailable, "{status:?}");
+    assert!(
+        status.message().contains("no grpc instance of svc"),
+        "{status:?}"
+    );
+
+    registry.register(&only).await.unwrap();
+    tokio::time::timeout(Duration::from_secs(10), async {
+        while answer(&mut client).await.is_err() {}
+    })
+    .await
+    .expect("calls work again once an instance is back");
+}
+
 /// A TLS gRPC server (certificate of `pki`) on a free loopback port, reporting `status`.
 async fn tls_health_server(pki: &test_support::Pki, status: ServingStatus) -> String {
     let (reporter, service) = tonic_health::server::health_reporter();

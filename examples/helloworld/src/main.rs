@@ -257,19 +257,14 @@ async fn call(
             }
             Err(e) => println!("[http] error: {e}"),
         }
-        // A gRPC call while no endpoint is known would wait: fail fast, as HTTP does.
-        match http.resolver().nodes() {
-            Err(e) => println!("[grpc] error: {}", e.to_string().replace("http", "grpc")),
-            Ok(_) => {
-                let call = greeter.say_hello(HelloRequest {
-                    name: "go-kratos".into(),
-                });
-                match tokio::time::timeout(Duration::from_secs(3), call).await {
-                    Ok(Ok(reply)) => println!("[grpc] SayHello {}", reply.into_inner().message),
-                    Ok(Err(status)) => println!("[grpc] error: {}", status.message()),
-                    Err(_) => println!("[grpc] error: no answer within 3s"),
-                }
-            }
+        // The balanced channel fails fast, as the HTTP picker does, when there is no instance.
+        let call = greeter.say_hello(HelloRequest {
+            name: "go-kratos".into(),
+        });
+        match tokio::time::timeout(Duration::from_secs(3), call).await {
+            Ok(Ok(reply)) => println!("[grpc] SayHello {}", reply.into_inner().message),
+            Ok(Err(status)) => println!("[grpc] error: {}", status.message()),
+            Err(_) => println!("[grpc] error: no answer within 3s"),
         }
         round += 1;
         if count.is_some_and(|c| round >= c) {
