@@ -58,6 +58,9 @@ impl Endpoint {
             .rsplit_once(':')
             .and_then(|(_, port)| port.parse::<u16>().ok())
             .ok_or_else(|| bad("has no port (expected scheme://host:port)"))?;
+        if port == 0 {
+            return Err(bad("has port 0 (expected a port from 1 to 65535)"));
+        }
         Ok(Endpoint {
             raw: raw.to_owned(),
             url,
@@ -176,6 +179,8 @@ mod tests {
             "http://example.com",
             "grpc://[::1]",
             "http://user:pw@host:80",
+            "http://127.0.0.1:0",
+            "grpc://127.0.0.1:65536",
         ] {
             let err = Endpoint::parse(bad).expect_err(bad);
             assert!(

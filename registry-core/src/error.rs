@@ -122,6 +122,16 @@ pub enum Error {
     },
 }
 
+/// How many characters of an invalid value an [`Error::InvalidInput`] keeps.
+pub const MAX_SHOWN: usize = 200;
+
+fn shorten(value: String) -> String {
+    match value.char_indices().nth(MAX_SHOWN) {
+        Some((cut, _)) => format!("{}… ({} bytes)", &value[..cut], value.len()),
+        None => value,
+    }
+}
+
 impl Error {
     /// Whether retrying the same call later may succeed: the registry was unreachable, slow,
     /// or reported a transient failure. Bad input, configuration errors and unsupported calls
@@ -134,7 +144,8 @@ impl Error {
         }
     }
 
-    /// Shorthand for [`Error::InvalidInput`].
+    /// Shorthand for [`Error::InvalidInput`]. A long value is cut to its first
+    /// [`MAX_SHOWN`] characters (values read from a registry can be megabytes).
     pub fn invalid(
         field: &'static str,
         value: impl Into<String>,
@@ -142,7 +153,7 @@ impl Error {
     ) -> Self {
         Error::InvalidInput {
             field,
-            value: value.into(),
+            value: shorten(value.into()),
             reason: reason.into(),
         }
     }

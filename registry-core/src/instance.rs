@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Deserializer, Serialize};
 
-use crate::validate::{validate_id, validate_name};
+use crate::validate::{check_bounds, validate_id, validate_name, MAX_ENCODED_LEN};
 use crate::{Endpoint, Error, Result};
 
 /// One running instance of a service.
@@ -65,16 +65,16 @@ impl ServiceInstance {
         }
     }
 
-    /// Checks the id, the name, every endpoint and the metadata keys. Every backend runs this
-    /// before writing anything, so an invalid instance changes nothing.
+    /// Checks the id, the name, every endpoint, and the bounds on the version, endpoints and
+    /// metadata ([`crate::validate`]). Every backend runs this before writing anything, so an
+    /// invalid instance changes nothing, and on every instance it reads, so an invalid one is
+    /// skipped.
     pub fn validate(&self) -> Result<()> {
         validate_id(&self.id)?;
         validate_name(&self.name)?;
+        check_bounds(&self.version, &self.endpoints, &self.metadata)?;
         for ep in &self.endpoints {
             Endpoint::parse(ep)?;
-        }
-        if let Some(key) = self.metadata.keys().find(|k| k.is_empty()) {
-            return Err(Error::invalid("metadata", key, "keys must not be empty"));
         }
         Ok(())
     }
@@ -102,6 +102,13 @@ impl ServiceInstance {
     /// Reads an instance from JSON and validates it. Backends use this for values found in the
     /// registry, so that a foreign or corrupt value is reported, not trusted.
     pub fn from_json(bytes: &[u8]) -> Result<Self> {
+        if bytes.len() > MAX_ENCODED_LEN {
+            return Err(Error::invalid(
+                "instance",
+                format!("{} bytes", bytes.len()),
+                format!("larger than {MAX_ENCODED_LEN} bytes"),
+            ));
+        }
         let instance: ServiceInstance = serde_json::from_slice(bytes).map_err(|e| {
             Error::invalid(
                 "instance",
@@ -195,6 +202,63 @@ mod tests {
             let err = ServiceInstance::from_json(bad).unwrap_err();
             assert!(matches!(err, Error::InvalidInput { .. }), "{err}");
         }
+    }
+
+    #[test]
+    fn bounds_hold_both_ways() {
+        use crate::validate::*;
+        let base = || ServiceInstance::builder("1", "svc").endpoint("http://127.0.0.1:80");
+        // At the bounds: accepted.
+        let mut at = base()
+            .version("v".repeat(MAX_VERSION_LEN))
+            .metadata("k".repeat(MAX_METADATA_KEY_LEN), "x".repeat(64 * 1024));
+        for i in 1..MAX_ENDPOINTS {
+            at = at.endpoint(format!("grpc://127.0.0.1:{}", 1000 + i));
+        }
+        let at = at.build().expect("at the bounds");
+        assert_eq!(
+            ServiceInstance::from_json(at.to_json().as_bytes()).unwrap(),
+            at
+        );
+        // Past them: refused, without echoing megabytes.
+        let mut too_many = base();
+        for i in 0..MAX_ENDPOINTS {
+            too_many = too_many.endpoint(format!("grpc://127.0.0.1:{}", 1000 + i));
+        }
+        for (past, field) in [
+            (base().version("v".repeat(MAX_VERSION_LEN + 1)), "version"),
+            (too_many, "endpoints"),
+            (
+                base().endpoint(format!("http://h:80/{}", "p".repeat(MAX_ENDPOINT_LEN))),
+                "endpoint",
+            ),
+            (base().metadata("", "v"), "metadata"),
+            (
+                base().metadata("k".repeat(MAX_METADATA_KEY_LEN + 1), "v"),
+                "metadata",
+            ),
+            (
+                base().metadata("k", "v".repeat(MAX_METADATA_BYTES)),
+                "metadata",
+            ),
+            (base().endpoint("http://127.0.0.1:0"), "endpoint"),
+        ] {
+            let err = past.build().expect_err(field);
+            assert!(
+                matches!(err, Error::InvalidInput { field: f, .. } if f == field),
+                "{field}: {err}"
+            );
+            assert!(err.to_string().len() < 1000, "{field}: {err}");
+        }
+        let mut entries = base();
+        for i in 0..=MAX_METADATA_ENTRIES {
+            entries = entries.metadata(format!("k{i}"), "v");
+        }
+        assert!(entries.build().is_err());
+        // A huge value read from a registry is skipped before parsing.
+        let huge = vec![b' '; MAX_ENCODED_LEN + 1];
+        let err = ServiceInstance::from_json(&huge).unwrap_err();
+        assert!(err.to_string().contains("larger than"), "{err}");
     }
 
     #[test]

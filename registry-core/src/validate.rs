@@ -6,11 +6,43 @@
 //! digit. Every backend stores such a string unescaped: as an etcd key segment and a ZooKeeper
 //! node name (no `/`, never `.` or `..`), as a Consul service name and id, and inside a Nacos
 //! service name (no `@@`, no `:`).
+//!
+//! # Bounds on an instance
+//!
+//! Whatever an instance carries is bounded, so that a value read from a shared registry
+//! (anyone who can write there can put anything under our prefix) costs a bounded amount to
+//! read, keep and pass on. [`ServiceInstance::validate`](crate::ServiceInstance::validate)
+//! checks them; every backend runs it before writing (a refusal is a typed, permanent error
+//! that changes nothing) and on every value it reads (an instance out of bounds is skipped
+//! with a warning, the rest of the list is still delivered).
+//!
+//! | what | at most |
+//! |---|---|
+//! | name, id | [`MAX_LEN`] characters, as above |
+//! | version | [`MAX_VERSION_LEN`] bytes |
+//! | endpoints | [`MAX_ENDPOINTS`], each at most [`MAX_ENDPOINT_LEN`] bytes, with a port 1 to 65535 |
+//! | metadata | [`MAX_METADATA_ENTRIES`] entries, keys of 1 to [`MAX_METADATA_KEY_LEN`] bytes, [`MAX_METADATA_BYTES`] of keys and values together |
+//! | an encoded instance read from a registry | [`MAX_ENCODED_LEN`] bytes |
 
 use crate::{Error, Result};
 
 /// The longest accepted service name or instance id.
 pub const MAX_LEN: usize = 128;
+/// The longest accepted version, in bytes.
+pub const MAX_VERSION_LEN: usize = 256;
+/// The most endpoints an instance may have.
+pub const MAX_ENDPOINTS: usize = 128;
+/// The longest accepted endpoint URL, in bytes.
+pub const MAX_ENDPOINT_LEN: usize = 1024;
+/// The most metadata entries an instance may have.
+pub const MAX_METADATA_ENTRIES: usize = 256;
+/// The longest accepted metadata key, in bytes.
+pub const MAX_METADATA_KEY_LEN: usize = 256;
+/// The most bytes of metadata keys and values, together, an instance may have.
+pub const MAX_METADATA_BYTES: usize = 256 * 1024;
+/// The largest encoded instance read from a registry, in bytes: a larger value is skipped
+/// before it is parsed.
+pub const MAX_ENCODED_LEN: usize = 2 * 1024 * 1024;
 
 /// Checks a service name against [the rule](self).
 pub fn validate_name(name: &str) -> Result<()> {
@@ -20,6 +52,61 @@ pub fn validate_name(name: &str) -> Result<()> {
 /// Checks an instance id against [the rule](self).
 pub fn validate_id(id: &str) -> Result<()> {
     check_token("id", id)
+}
+
+/// Checks the version, endpoint and metadata bounds of [the table above](self).
+pub(crate) fn check_bounds(
+    version: &str,
+    endpoints: &[String],
+    metadata: &std::collections::BTreeMap<String, String>,
+) -> Result<()> {
+    if version.len() > MAX_VERSION_LEN {
+        return Err(Error::invalid(
+            "version",
+            version,
+            format!("longer than {MAX_VERSION_LEN} bytes"),
+        ));
+    }
+    if endpoints.len() > MAX_ENDPOINTS {
+        return Err(Error::invalid(
+            "endpoints",
+            format!("{} endpoints", endpoints.len()),
+            format!("more than {MAX_ENDPOINTS}"),
+        ));
+    }
+    if let Some(long) = endpoints.iter().find(|e| e.len() > MAX_ENDPOINT_LEN) {
+        return Err(Error::invalid(
+            "endpoint",
+            long.as_str(),
+            format!("longer than {MAX_ENDPOINT_LEN} bytes"),
+        ));
+    }
+    if metadata.len() > MAX_METADATA_ENTRIES {
+        return Err(Error::invalid(
+            "metadata",
+            format!("{} entries", metadata.len()),
+            format!("more than {MAX_METADATA_ENTRIES} entries"),
+        ));
+    }
+    if let Some(key) = metadata
+        .keys()
+        .find(|k| k.is_empty() || k.len() > MAX_METADATA_KEY_LEN)
+    {
+        return Err(Error::invalid(
+            "metadata",
+            key.as_str(),
+            format!("keys must be 1 to {MAX_METADATA_KEY_LEN} bytes"),
+        ));
+    }
+    let bytes: usize = metadata.iter().map(|(k, v)| k.len() + v.len()).sum();
+    if bytes > MAX_METADATA_BYTES {
+        return Err(Error::invalid(
+            "metadata",
+            format!("{bytes} bytes"),
+            format!("more than {MAX_METADATA_BYTES} bytes of keys and values"),
+        ));
+    }
+    Ok(())
 }
 
 fn check_token(field: &'static str, value: &str) -> Result<()> {
