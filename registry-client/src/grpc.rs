@@ -37,8 +37,9 @@ impl BalancedChannel {
 }
 
 /// A tonic channel over a service's endpoints that fails fast while the registry lists none
-/// it can reach (tonic's balancer alone would make such a call wait). A call already waiting
-/// for an endpoint to become ready keeps waiting.
+/// it can reach (tonic's balancer alone would make such a call wait). Calls in flight are
+/// never cut short; a call made just as the last endpoint is removed can still wait for an
+/// endpoint, so give calls a deadline.
 #[derive(Debug, Clone)]
 pub struct FailFastChannel {
     inner: Channel,
@@ -137,6 +138,10 @@ pub async fn grpc_channel(
                     (n.endpoint.authority(), (uri, secure))
                 })
                 .collect();
+            // The last endpoint leaving: new calls fail fast from now on, before it goes.
+            if wanted.is_empty() {
+                empty.store(true, Ordering::Release);
+            }
             for key in current
                 .keys()
                 .filter(|k| !wanted.contains_key(*k))
