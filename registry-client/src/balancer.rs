@@ -139,12 +139,10 @@ impl HttpBalancer {
 
     /// Two draws by weight; the one with fewer requests in flight per weight wins.
     fn power_of_two<'a>(&self, nodes: &'a [Node]) -> &'a Node {
-        // Weights are positive and bounded (MAX_WEIGHT), so the total is finite and positive.
+        // The resolver keeps weights positive and at most MAX_WEIGHT, so the total is finite
+        // and positive: a range to draw from.
         let total: f64 = nodes.iter().map(|n| n.weight).sum();
         let draw = || {
-            if !(total.is_finite() && total > 0.0) {
-                return &nodes[rand::random_range(0..nodes.len())];
-            }
             let mut at = rand::random_range(0.0..total);
             for node in nodes {
                 if at < node.weight {

@@ -1,6 +1,6 @@
 //! A tonic channel balanced over a service's `grpc` endpoints.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
@@ -102,7 +102,7 @@ impl Drop for BalancedChannel {
 /// the registry: a change inserts and removes endpoints without dropping calls in flight.
 /// Endpoints marked secure (`isSecure=true`) are reached over TLS with
 /// [`Options::with_grpc_tls`], and skipped without it. Waits (bounded by the options) for a
-/// first endpoint; a call while there is none waits for one, as tonic's balancer does.
+/// first endpoint; a call while the registry lists none fails fast (see [`FailFastChannel`]).
 pub async fn grpc_channel(
     discovery: Arc<dyn Discovery>,
     target: &str,
@@ -120,13 +120,15 @@ pub async fn grpc_channel(
     };
     let task = tokio::spawn(async move {
         let mut current: BTreeMap<String, ()> = BTreeMap::new();
+        // Secure endpoints skipped for want of TLS options, so that each is logged once.
+        let mut skipped: BTreeSet<String> = BTreeSet::new();
         loop {
             let (nodes, ended) = resolver.snapshot();
             let wanted: BTreeMap<String, (String, bool)> = nodes
                 .iter()
                 .filter(|n| {
                     let reachable = !n.endpoint.is_secure() || tls.is_some();
-                    if !reachable {
+                    if !reachable && skipped.insert(n.endpoint.as_str().to_owned()) {
                         tracing::warn!(endpoint = %n.endpoint.as_str(), "TLS gRPC endpoint skipped: no Options::with_grpc_tls");
                     }
                     reachable

@@ -5,7 +5,9 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use registry_client::{grpc_channel, ClientError, HttpBalancer, Options, Resolver, Strategy};
+use registry_client::{
+    grpc_channel, ClientError, FailFastChannel, HttpBalancer, Options, Resolver, Strategy,
+};
 use registry_core::{Discovery, MemoryRegistry, Registrar, ServiceInstance};
 use tonic_health::pb::health_check_response::ServingStatus as Status;
 use tonic_health::pb::health_client::HealthClient;
@@ -223,21 +225,60 @@ async fn filter_and_bounded_first_wait() {
 
 /// A gRPC server on a free loopback port reporting `status` for the service `x`.
 async fn health_server(status: ServingStatus) -> String {
+    serve_health(status, None).await
+}
+
+/// A gRPC server reporting `status` for the service `x`, over TLS with `pki`'s server
+/// certificate when given; returns its endpoint (`isSecure=true` with TLS).
+async fn serve_health(status: ServingStatus, pki: Option<&test_support::Pki>) -> String {
     let (reporter, service) = tonic_health::server::health_reporter();
     reporter.set_service_status("x", status).await;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
         .expect("bind");
     let address = listener.local_addr().expect("address");
+    let mut server = tonic::transport::Server::builder();
+    if let Some(pki) = pki {
+        let identity = tonic::transport::Identity::from_pem(
+            std::fs::read(&pki.server_cert).expect("cert"),
+            std::fs::read(&pki.server_key).expect("key"),
+        );
+        server = server
+            .tls_config(tonic::transport::ServerTlsConfig::new().identity(identity))
+            .expect("TLS");
+    }
     tokio::spawn(async move {
         let _keep = reporter;
-        tonic::transport::Server::builder()
+        server
             .add_service(service)
             .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener))
             .await
             .expect("serve");
     });
-    format!("grpc://{address}")
+    match pki {
+        Some(_) => format!("grpc://{address}?isSecure=true"),
+        None => format!("grpc://{address}"),
+    }
+}
+
+/// Makes `calls` health checks through `client`; how many answers had each status.
+async fn statuses(client: &mut HealthClient<FailFastChannel>, calls: usize) -> HashMap<i32, usize> {
+    let mut seen = HashMap::new();
+    for _ in 0..calls {
+        let status = tokio::time::timeout(
+            Duration::from_secs(10),
+            client.check(HealthCheckRequest {
+                service: "x".into(),
+            }),
+        )
+        .await
+        .expect("an answer")
+        .expect("a call through the balanced channel")
+        .into_inner()
+        .status;
+        *seen.entry(status).or_insert(0) += 1;
+    }
+    seen
 }
 
 /// When the registry says there is no instance any more, a gRPC call fails at once with
@@ -257,7 +298,7 @@ async fn the_grpc_channel_fails_fast_without_instances() {
         service: "x".into(),
     };
     // Each call with a deadline: a call made just as the last endpoint leaves may wait.
-    let answer = |client: &mut HealthClient<registry_client::FailFastChannel>| {
+    let answer = |client: &mut HealthClient<FailFastChannel>| {
         let mut client = client.clone();
         let check = check.clone();
         async move { tokio::time::timeout(Duration::from_secs(2), client.check(check)).await }
@@ -294,32 +335,6 @@ async fn the_grpc_channel_fails_fast_without_instances() {
     .expect("calls work again once an instance is back");
 }
 
-/// A TLS gRPC server (certificate of `pki`) on a free loopback port, reporting `status`.
-async fn tls_health_server(pki: &test_support::Pki, status: ServingStatus) -> String {
-    let (reporter, service) = tonic_health::server::health_reporter();
-    reporter.set_service_status("x", status).await;
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let address = listener.local_addr().expect("address");
-    let identity = tonic::transport::Identity::from_pem(
-        std::fs::read(&pki.server_cert).expect("cert"),
-        std::fs::read(&pki.server_key).expect("key"),
-    );
-    let tls = tonic::transport::ServerTlsConfig::new().identity(identity);
-    tokio::spawn(async move {
-        let _keep = reporter;
-        tonic::transport::Server::builder()
-            .tls_config(tls)
-            .expect("TLS")
-            .add_service(service)
-            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener))
-            .await
-            .expect("serve");
-    });
-    format!("grpc://{address}?isSecure=true")
-}
-
 /// Endpoints registered with `isSecure=true` are balanced over TLS with the caller's
 /// configuration, beside plaintext ones; without a configuration they are left out.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -328,7 +343,7 @@ async fn tls_grpc_endpoints_are_balanced_with_the_callers_tls() {
     std::fs::create_dir_all(&dir).expect("temp dir");
     let pki = test_support::pki(&dir);
     let (registry, discovery) = store("client-grpc-tls");
-    let secure = tls_health_server(&pki, ServingStatus::Serving).await;
+    let secure = serve_health(ServingStatus::Serving, Some(&pki)).await;
     let plain = health_server(ServingStatus::NotServing).await;
     registry
         .register(&instance("s", &[&secure], "v1", None))
@@ -345,21 +360,7 @@ async fn tls_grpc_endpoints_are_balanced_with_the_callers_tls() {
         .await
         .unwrap();
     let mut client = HealthClient::new(balanced.channel());
-    let mut seen = HashMap::new();
-    for _ in 0..100 {
-        let status = tokio::time::timeout(
-            Duration::from_secs(10),
-            client.check(HealthCheckRequest {
-                service: "x".into(),
-            }),
-        )
-        .await
-        .expect("an answer")
-        .expect("a call through the balanced channel")
-        .into_inner()
-        .status;
-        *seen.entry(status).or_insert(0) += 1;
-    }
+    let seen = statuses(&mut client, 100).await;
     assert!(
         seen.contains_key(&(Status::Serving as i32))
             && seen.contains_key(&(Status::NotServing as i32)),
@@ -371,17 +372,10 @@ async fn tls_grpc_endpoints_are_balanced_with_the_callers_tls() {
         .await
         .unwrap();
     let mut client = HealthClient::new(plain_only.channel());
-    for _ in 0..20 {
-        let status = client
-            .check(HealthCheckRequest {
-                service: "x".into(),
-            })
-            .await
-            .expect("a call")
-            .into_inner()
-            .status;
-        assert_eq!(status, Status::NotServing as i32);
-    }
+    assert_eq!(
+        statuses(&mut client, 20).await,
+        HashMap::from([(Status::NotServing as i32, 20)])
+    );
     let _ = std::fs::remove_dir_all(&dir);
 }
 
@@ -402,18 +396,7 @@ async fn the_grpc_channel_balances_and_follows_the_registry() {
         .await
         .unwrap();
     let mut client = HealthClient::new(balanced.channel());
-    let mut seen = HashMap::new();
-    for _ in 0..100 {
-        let status = client
-            .check(HealthCheckRequest {
-                service: "x".into(),
-            })
-            .await
-            .expect("a call through the balanced channel")
-            .into_inner()
-            .status;
-        *seen.entry(status).or_insert(0) += 1;
-    }
+    let seen = statuses(&mut client, 100).await;
     assert!(
         seen.contains_key(&(Status::Serving as i32))
             && seen.contains_key(&(Status::NotServing as i32)),

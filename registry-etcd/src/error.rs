@@ -24,8 +24,8 @@ pub(crate) fn is_lease_not_found(e: &Error) -> bool {
 pub(crate) fn map_err(operation: &'static str, status: Status) -> Error {
     let code = status.code();
     let message = status.message();
-    // A token that expired, or that etcd lost in a restart, is refreshed by the client:
-    // retrying helps.
+    // A token that expired, or that etcd lost in a restart, is temporary: the client
+    // authenticates again when etcd refuses it (as etcd's own clients do).
     let stale_token = is_stale_token(&status);
     let auth = !stale_token
         && (code == Code::PermissionDenied

@@ -88,18 +88,21 @@ fn run(job: &Job, repo: &Path, check: bool) -> Result<bool, Box<dyn std::error::
     fds.file
         .retain(|f| job.packages.contains(&f.package.as_deref().unwrap_or_default()));
     let out = repo.join(job.out);
-    let temp = tempfile::tempdir()?;
-    let target = if check { temp.path() } else { out.as_path() };
-    std::fs::create_dir_all(target)?;
-    tonic_prost_build::configure()
-        .build_server(job.server)
-        .build_client(true)
-        .out_dir(target)
-        .compile_fds(fds)?;
+    let generate = |target: &Path| -> std::io::Result<()> {
+        std::fs::create_dir_all(target)?;
+        tonic_prost_build::configure()
+            .build_server(job.server)
+            .build_client(true)
+            .out_dir(target)
+            .compile_fds(fds)
+    };
     if !check {
+        generate(&out)?;
         eprintln!("protogen: {} -> {}", job.name, job.out);
         return Ok(true);
     }
+    let temp = tempfile::tempdir()?;
+    generate(temp.path())?;
     for package in job.packages {
         let file = format!("{package}.rs");
         let fresh = std::fs::read_to_string(temp.path().join(&file))?;
