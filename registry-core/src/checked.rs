@@ -78,6 +78,14 @@ impl<R: Registry> Registry for Checked<R> {
         self.require(self.caps.list_services, "list_services")?;
         self.inner.list_services().await
     }
+
+    fn registration(&self, name: &str, id: &str) -> Option<crate::RegistrationStatus> {
+        self.inner.registration(name, id)
+    }
+
+    async fn close(&self) -> Result<()> {
+        self.inner.close().await
+    }
 }
 
 #[cfg(test)]

@@ -99,6 +99,20 @@ pub enum Error {
         message: String,
     },
 
+    /// `deregister` of an instance that the registry lists but this handle did not register
+    /// (another process or handle owns it): nothing was changed. An owner keeps its instance
+    /// registered, so removing it from outside would not last; its owner deregisters it, or
+    /// it leaves when its owner dies.
+    #[error(
+        "instance {id:?} of service {name:?} is registered by another owner; it was left alone"
+    )]
+    NotOwned {
+        /// The service.
+        name: String,
+        /// The instance id.
+        id: String,
+    },
+
     /// [`crate::Watcher::stop`] was called; the watcher delivers nothing more.
     #[error("watcher stopped")]
     WatcherStopped,

@@ -44,6 +44,7 @@ mod error;
 mod instance;
 pub mod memory;
 mod options;
+pub mod registration;
 mod registry;
 pub mod validate;
 pub mod watch;
@@ -56,6 +57,7 @@ pub use error::{Error, Result, Source};
 pub use instance::{ServiceInstance, ServiceInstanceBuilder};
 pub use memory::MemoryRegistry;
 pub use options::{redact, HostPort, RegistryUrl, UrlOptions};
+pub use registration::{RegistrationState, RegistrationStatus};
 pub use registry::{Discovery, Registrar, Registry};
 pub use watch::{Publisher, WatchHub, Watcher};
 

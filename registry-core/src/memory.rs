@@ -20,10 +20,11 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 use url::Url;
 
-use crate::validate::{validate_id, validate_name};
+use crate::registration::{self, Registrations};
+use crate::validate::validate_name;
 use crate::{
-    Capabilities, Discovery, Error, Registrar, Registry, Result, ServiceInstance, UrlOptions,
-    WatchHub, Watcher,
+    Capabilities, Discovery, Error, Registrar, RegistrationStatus, Registry, Result,
+    ServiceInstance, UrlOptions, WatchHub, Watcher,
 };
 
 /// The URL scheme of this backend.
@@ -70,7 +71,6 @@ struct Store {
     state: Mutex<State>,
     /// Bumped on every change; the watch upstreams re-list on it.
     changed: watch::Sender<u64>,
-    hub: WatchHub,
 }
 
 impl Store {
@@ -78,7 +78,6 @@ impl Store {
         Store {
             state: Mutex::default(),
             changed: watch::channel(0).0,
-            hub: WatchHub::new(),
         }
     }
 
@@ -132,6 +131,89 @@ pub struct MemoryRegistry {
     store: Arc<Store>,
     owner: u64,
     ttl: Duration,
+    registrations: Registrations<Writer>,
+    /// This handle's watches (of the shared store).
+    hub: WatchHub,
+}
+
+/// The memory backend's primitives for the core's registration supervisor.
+#[derive(Debug)]
+struct Writer {
+    store: Arc<Store>,
+    owner: u64,
+}
+
+#[async_trait]
+impl registration::Store for Writer {
+    type Lease = ();
+
+    async fn write(&self, instance: &ServiceInstance, _held: Option<&()>) -> Result<()> {
+        self.store
+            .state()
+            .services
+            .entry(instance.name.clone())
+            .or_default()
+            .insert(
+                instance.id.clone(),
+                Entry {
+                    instance: instance.clone(),
+                    owner: self.owner,
+                    expires_at: None,
+                },
+            );
+        self.store.notify();
+        Ok(())
+    }
+
+    async fn hold(&self, instance: &ServiceInstance, _lease: &()) -> Error {
+        let mut changed = self.store.changed.subscribe();
+        loop {
+            let there = self
+                .store
+                .state()
+                .services
+                .get(&instance.name)
+                .is_some_and(|entries| entries.contains_key(&instance.id));
+            if !there {
+                return Error::Backend {
+                    backend: SCHEME,
+                    message: "the instance was removed from outside".into(),
+                    temporary: true,
+                    source: None,
+                };
+            }
+            if changed.changed().await.is_err() {
+                return Error::Closed;
+            }
+        }
+    }
+
+    async fn remove(&self, instance: &ServiceInstance, _lease: Option<&()>) -> Result<()> {
+        let removed = {
+            let mut state = self.store.state();
+            let entries = state.services.get_mut(&instance.name);
+            let removed = entries.and_then(|e| e.remove(&instance.id)).is_some();
+            state.services.retain(|_, e| !e.is_empty());
+            removed
+        };
+        if removed {
+            self.store.notify();
+        }
+        Ok(())
+    }
+
+    async fn contains(&self, name: &str, id: &str) -> Result<bool> {
+        Ok(self
+            .store
+            .state()
+            .services
+            .get(name)
+            .is_some_and(|entries| entries.contains_key(id)))
+    }
+
+    fn retry_cap(&self) -> Duration {
+        Duration::from_millis(500)
+    }
 }
 
 impl MemoryRegistry {
@@ -166,10 +248,16 @@ impl MemoryRegistry {
     }
 
     fn with_store(store: Arc<Store>, ttl: Duration) -> Self {
+        let owner = NEXT_OWNER.fetch_add(1, Ordering::Relaxed);
         MemoryRegistry {
+            registrations: Registrations::new(Writer {
+                store: store.clone(),
+                owner,
+            }),
             store,
-            owner: NEXT_OWNER.fetch_add(1, Ordering::Relaxed),
+            owner,
             ttl,
+            hub: WatchHub::new(),
         }
     }
 
@@ -194,6 +282,9 @@ impl Clone for MemoryRegistry {
 
 impl Drop for MemoryRegistry {
     fn drop(&mut self) {
+        // No keep-alive may write again while the registrations are being orphaned.
+        self.registrations.abort();
+        self.hub.shutdown();
         // A TTL too long to add to the clock never expires.
         let Some(deadline) = Instant::now().checked_add(self.ttl) else {
             return;
@@ -224,38 +315,11 @@ impl Drop for MemoryRegistry {
 #[async_trait]
 impl Registrar for MemoryRegistry {
     async fn register(&self, instance: &ServiceInstance) -> Result<()> {
-        instance.validate()?;
-        self.store
-            .state()
-            .services
-            .entry(instance.name.clone())
-            .or_default()
-            .insert(
-                instance.id.clone(),
-                Entry {
-                    instance: instance.clone(),
-                    owner: self.owner,
-                    expires_at: None,
-                },
-            );
-        self.store.notify();
-        Ok(())
+        self.registrations.register(instance).await
     }
 
     async fn deregister(&self, instance: &ServiceInstance) -> Result<()> {
-        validate_name(&instance.name)?;
-        validate_id(&instance.id)?;
-        let removed = {
-            let mut state = self.store.state();
-            let entries = state.services.get_mut(&instance.name);
-            let removed = entries.and_then(|e| e.remove(&instance.id)).is_some();
-            state.services.retain(|_, e| !e.is_empty());
-            removed
-        };
-        if removed {
-            self.store.notify();
-        }
-        Ok(())
+        self.registrations.deregister(instance).await
     }
 }
 
@@ -270,8 +334,7 @@ impl Discovery for MemoryRegistry {
         validate_name(name)?;
         let store = self.store.clone();
         let name = name.to_owned();
-        self.store
-            .hub
+        self.hub
             .watch(&name.clone(), move |publisher| async move {
                 let mut changed = store.changed.subscribe();
                 loop {
@@ -305,6 +368,16 @@ impl Registry for MemoryRegistry {
 
     async fn list_services(&self) -> Result<Vec<String>> {
         Ok(self.store.state().services.keys().cloned().collect())
+    }
+
+    fn registration(&self, name: &str, id: &str) -> Option<RegistrationStatus> {
+        self.registrations.status(name, id)
+    }
+
+    async fn close(&self) -> Result<()> {
+        let result = self.registrations.close().await;
+        self.hub.shutdown();
+        result
     }
 }
 
@@ -354,8 +427,12 @@ mod tests {
         assert_eq!(a.ttl(), Duration::from_secs(3));
         a.register(&instance("1")).await.unwrap();
         assert_eq!(ids(b.get_service("svc").await.unwrap()), ["1"]);
-        // Anyone may deregister; deregistering twice is fine.
-        b.deregister(&instance("1")).await.unwrap();
+        // Only its owner deregisters it; deregistering twice is fine.
+        let refused = b.deregister(&instance("1")).await.unwrap_err();
+        assert!(matches!(refused, Error::NotOwned { .. }), "{refused}");
+        assert_eq!(ids(b.get_service("svc").await.unwrap()), ["1"]);
+        a.deregister(&instance("1")).await.unwrap();
+        a.deregister(&instance("1")).await.unwrap();
         b.deregister(&instance("1")).await.unwrap();
         assert!(a.get_service("svc").await.unwrap().is_empty());
 
@@ -363,6 +440,40 @@ mod tests {
         private.register(&instance("2")).await.unwrap();
         assert!(a.get_service("svc").await.unwrap().is_empty());
         assert_eq!(private.list_services().await.unwrap(), ["svc"]);
+    }
+
+    #[tokio::test]
+    async fn a_registration_removed_from_outside_is_written_again_with_its_latest_value() {
+        let url = Url::parse("memory://memory-unit-restore").unwrap();
+        let owner = MemoryRegistry::from_url(&url).unwrap();
+        let other = MemoryRegistry::from_url(&url).unwrap();
+        let mut latest = instance("1");
+        owner.register(&latest).await.unwrap();
+        latest.version = "v2".into();
+        owner.register(&latest).await.unwrap();
+        let mut status = owner.registration("svc", "1").expect("held");
+        // Another handle takes the id over and removes it: the owner writes it back.
+        other.register(&instance("1")).await.unwrap();
+        other.deregister(&instance("1")).await.unwrap();
+        let back = tokio::time::timeout(
+            Duration::from_secs(5),
+            status.wait_for(|s| s.is_registered()),
+        )
+        .await
+        .expect("restored in time");
+        assert!(back.is_some_and(|s| s.is_registered()));
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while owner.get_service("svc").await.unwrap() != vec![latest.clone()] {
+            assert!(
+                Instant::now() < deadline,
+                "not restored with its latest value"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        owner.close().await.unwrap();
+        assert!(other.get_service("svc").await.unwrap().is_empty());
+        assert!(owner.registration("svc", "1").is_none());
+        assert!(matches!(owner.register(&latest).await, Err(Error::Closed)));
     }
 
     #[tokio::test(start_paused = true)]

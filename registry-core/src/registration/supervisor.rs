@@ -1,0 +1,464 @@
+//! The supervisor: one task per (service, id) of a registry handle, applying that
+//! registration's calls in order and writing it again whenever it is lost.
+
+use std::collections::{HashMap, VecDeque};
+use std::fmt;
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::time::Duration;
+
+use futures::future::BoxFuture;
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio::task::AbortHandle;
+use tokio::time::Instant;
+
+use super::{RegistrationState, RegistrationStatus, Store};
+use crate::validate::{validate_id, validate_name};
+use crate::{Backoff, Error, Result, ServiceInstance};
+
+/// The first pause before writing a lost registration again (jittered, doubling up to
+/// [`Store::retry_cap`]).
+const FIRST_RETRY: Duration = Duration::from_millis(100);
+
+type Key = (String, String);
+
+enum Command {
+    Put(ServiceInstance, oneshot::Sender<Result<()>>),
+    Remove(oneshot::Sender<Result<()>>),
+}
+
+struct Entry {
+    /// Tells this entry from a later one of the same key.
+    serial: u64,
+    commands: mpsc::UnboundedSender<Command>,
+    state: watch::Receiver<RegistrationState>,
+    task: AbortHandle,
+}
+
+#[derive(Default)]
+struct Entries {
+    map: HashMap<Key, Entry>,
+    closed: bool,
+    serial: u64,
+}
+
+type Shared = Arc<Mutex<Entries>>;
+
+fn lock(entries: &Mutex<Entries>) -> MutexGuard<'_, Entries> {
+    entries.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// The registrations of one registry handle, kept by the core over a backend's [`Store`].
+///
+/// - One task per (service, id): every register and deregister of one id is applied in call
+///   order, and the latest value is the one written (again).
+/// - A registration that is lost — lease or session gone, entry deleted from outside, server
+///   wiped, restarted or unreachable — is written again with jittered back-off capped at the
+///   store's keep-alive interval, forever, until it is deregistered.
+/// - Registrations proceed concurrently: no lock is held across a call to the store.
+/// - A dropped `register` future leaves either nothing or a tracked registration: once the
+///   call reached the supervisor, its task finishes the write and keeps it.
+/// - [`close`](Self::close) deregisters everything and waits; dropping stops every task at
+///   once (keep-alives stop: each registration then leaves the registry when its lease,
+///   session, check or connection runs out).
+pub struct Registrations<S: Store> {
+    store: Arc<S>,
+    entries: Shared,
+}
+
+impl<S: Store> fmt::Debug for Registrations<S> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Registrations")
+            .field("held", &lock(&self.entries).map.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl<S: Store> Drop for Registrations<S> {
+    fn drop(&mut self) {
+        self.abort();
+    }
+}
+
+impl<S: Store> Registrations<S> {
+    /// Keeps registrations through `store`.
+    pub fn new(store: S) -> Self {
+        Registrations {
+            store: Arc::new(store),
+            entries: Shared::default(),
+        }
+    }
+
+    /// The backend's store.
+    pub fn store(&self) -> &Arc<S> {
+        &self.store
+    }
+
+    /// Registers `instance`, or updates it when this handle holds its id already, and waits
+    /// until it is written.
+    ///
+    /// When the first write fails, nothing stays behind: whatever the write may have left is
+    /// removed and the id is not held. When an update fails with a temporary error, the
+    /// registration is held still and the new value written as soon as the registry answers
+    /// (its state is [`RegistrationState::Lost`] meanwhile); a refused update keeps the
+    /// previous value.
+    pub async fn register(&self, instance: &ServiceInstance) -> Result<()> {
+        instance.validate()?;
+        let (ack, done) = oneshot::channel();
+        {
+            let mut entries = lock(&self.entries);
+            if entries.closed {
+                return Err(Error::Closed);
+            }
+            let key = (instance.name.clone(), instance.id.clone());
+            let entry = match entries.map.get(&key) {
+                Some(entry) => entry,
+                None => {
+                    let entry = self.spawn(&mut entries, key.clone());
+                    entries.map.entry(key).or_insert(entry)
+                }
+            };
+            entry
+                .commands
+                .send(Command::Put(instance.clone(), ack))
+                .map_err(|_| Error::Closed)?;
+        }
+        done.await.unwrap_or(Err(Error::Closed))
+    }
+
+    /// Deregisters `instance` (matched by service and id) and waits until it is removed.
+    ///
+    /// The rule for an instance this handle does not hold (registered by another process or
+    /// handle): nothing is changed, and the call fails with [`Error::NotOwned`] while the
+    /// registry lists it; an instance listed nowhere is already deregistered (`Ok`).
+    pub async fn deregister(&self, instance: &ServiceInstance) -> Result<()> {
+        validate_name(&instance.name)?;
+        validate_id(&instance.id)?;
+        let done = {
+            let entries = lock(&self.entries);
+            let key = (instance.name.clone(), instance.id.clone());
+            match entries.map.get(&key) {
+                Some(entry) => {
+                    let (ack, done) = oneshot::channel();
+                    entry
+                        .commands
+                        .send(Command::Remove(ack))
+                        .map_err(|_| Error::Closed)?;
+                    Some(done)
+                }
+                None => None,
+            }
+        };
+        match done {
+            Some(done) => done.await.unwrap_or(Err(Error::Closed)),
+            None if self.store.contains(&instance.name, &instance.id).await? => {
+                Err(Error::NotOwned {
+                    name: instance.name.clone(),
+                    id: instance.id.clone(),
+                })
+            }
+            None => Ok(()),
+        }
+    }
+
+    /// Follows the registration of (`name`, `id`) held by this handle; `None` when it holds
+    /// none.
+    pub fn status(&self, name: &str, id: &str) -> Option<RegistrationStatus> {
+        let entries = lock(&self.entries);
+        let entry = entries.map.get(&(name.to_owned(), id.to_owned()))?;
+        Some(RegistrationStatus::new(entry.state.clone()))
+    }
+
+    /// Stops every registration's task at once, without deregistering (what dropping does);
+    /// later registers fail with [`Error::Closed`]. Keep-alives stop: each registration
+    /// leaves the registry when its lease, session, check or connection runs out.
+    pub fn abort(&self) {
+        let mut entries = lock(&self.entries);
+        entries.closed = true;
+        for (_, entry) in entries.map.drain() {
+            entry.task.abort();
+        }
+    }
+
+    /// How many registrations this handle holds.
+    pub fn len(&self) -> usize {
+        lock(&self.entries).map.len()
+    }
+
+    /// Whether this handle holds no registration.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Deregisters everything this handle holds, concurrently, and waits; later registers
+    /// fail with [`Error::Closed`]. Returns the first failure (the others are logged).
+    pub async fn close(&self) -> Result<()> {
+        let pending: Vec<_> = {
+            let mut entries = lock(&self.entries);
+            entries.closed = true;
+            entries
+                .map
+                .values()
+                .filter_map(|entry| {
+                    let (ack, done) = oneshot::channel();
+                    entry.commands.send(Command::Remove(ack)).ok()?;
+                    Some(done)
+                })
+                .collect()
+        };
+        let mut first = Ok(());
+        for result in futures::future::join_all(pending).await {
+            if let Err(e) = result.unwrap_or(Err(Error::Closed)) {
+                tracing::warn!(error = %e, "deregister on close failed");
+                if first.is_ok() {
+                    first = Err(e);
+                }
+            }
+        }
+        first
+    }
+
+    fn spawn(&self, entries: &mut Entries, key: Key) -> Entry {
+        entries.serial += 1;
+        let serial = entries.serial;
+        let (commands, rx) = mpsc::unbounded_channel();
+        let (state_tx, state) = watch::channel(RegistrationState::Pending);
+        let task = Task {
+            store: self.store.clone(),
+            entries: Arc::downgrade(&self.entries),
+            key,
+            serial,
+            commands: rx,
+            queued: VecDeque::new(),
+            state: state_tx,
+        };
+        let task = tokio::spawn(task.run()).abort_handle();
+        Entry {
+            serial,
+            commands,
+            state,
+            task,
+        }
+    }
+}
+
+/// What happened next to one registration.
+enum Event {
+    Command(Option<Command>),
+    Lost(Error),
+    Retry,
+}
+
+/// A registration being written again after it was lost.
+struct Retrying {
+    at: Instant,
+    attempt: u32,
+}
+
+struct Task<S: Store> {
+    store: Arc<S>,
+    entries: Weak<Mutex<Entries>>,
+    key: Key,
+    serial: u64,
+    commands: mpsc::UnboundedReceiver<Command>,
+    /// Commands taken off the channel while deciding whether to end.
+    queued: VecDeque<Command>,
+    state: watch::Sender<RegistrationState>,
+}
+
+impl<S: Store> Task<S> {
+    /// Whether the task may end: no command is waiting. Removes its entry when so, under the
+    /// same lock that callers send under, so that no command is ever left unanswered.
+    fn finish(&mut self) -> bool {
+        let Some(entries) = self.entries.upgrade() else {
+            return true;
+        };
+        let mut entries = lock(&entries);
+        if let Ok(command) = self.commands.try_recv() {
+            self.queued.push_back(command);
+            return false;
+        }
+        if entries
+            .map
+            .get(&self.key)
+            .is_some_and(|e| e.serial == self.serial)
+        {
+            entries.map.remove(&self.key);
+        }
+        true
+    }
+
+    fn hold(&self, instance: &ServiceInstance, lease: &S::Lease) -> BoxFuture<'static, Error> {
+        let store = self.store.clone();
+        let instance = instance.clone();
+        let lease = lease.clone();
+        Box::pin(async move { store.hold(&instance, &lease).await })
+    }
+
+    async fn run(mut self) {
+        let cap = self.store.retry_cap().max(Duration::from_millis(10));
+        let mut backoff = Backoff::new(FIRST_RETRY.min(cap), cap);
+        let (service, id) = self.key.clone();
+        // The value asked for last, and the value written last with its lease.
+        let mut desired: Option<ServiceInstance> = None;
+        let mut written: Option<(ServiceInstance, S::Lease)> = None;
+        let mut holding: Option<BoxFuture<'static, Error>> = None;
+        let mut held_since = Instant::now();
+        let mut retrying: Option<Retrying> = None;
+        loop {
+            let event = match self.queued.pop_front() {
+                Some(command) => Event::Command(Some(command)),
+                None => tokio::select! {
+                    biased;
+                    command = self.commands.recv() => Event::Command(command),
+                    error = lost(&mut holding) => Event::Lost(error),
+                    () = retry_at(&retrying) => Event::Retry,
+                },
+            };
+            match event {
+                // Every sender is gone: the handle was dropped.
+                Event::Command(None) => return,
+                Event::Command(Some(Command::Put(instance, ack))) => {
+                    let lease = written.as_ref().map(|(_, lease)| lease);
+                    match self.store.write(&instance, lease).await {
+                        Ok(lease) => {
+                            holding = Some(self.hold(&instance, &lease));
+                            held_since = Instant::now();
+                            desired = Some(instance.clone());
+                            written = Some((instance, lease));
+                            if retrying.take().is_some() {
+                                tracing::info!(%service, %id, "registration restored");
+                            }
+                            self.state.send_replace(RegistrationState::Registered);
+                            let _ = ack.send(Ok(()));
+                        }
+                        Err(error) if written.is_none() && retrying.is_none() => {
+                            // Never registered: leave nothing behind, hold nothing.
+                            let _ = ack.send(Err(error));
+                            if let Err(e) = self.store.remove(&instance, None).await {
+                                tracing::debug!(%service, %id, error = %e, "cleanup after a failed first write failed");
+                            }
+                            desired = None;
+                            if self.finish() {
+                                self.state.send_replace(RegistrationState::Deregistered);
+                                return;
+                            }
+                        }
+                        Err(error) if error.is_temporary() => {
+                            // The registry is away: write the new value once it answers.
+                            tracing::warn!(%service, %id, %error, "update failed; writing it again");
+                            let _ = ack.send(Err(error.clone()));
+                            desired = Some(instance);
+                            holding = None;
+                            let attempt = retrying.as_ref().map_or(0, |r| r.attempt) + 1;
+                            self.state
+                                .send_replace(RegistrationState::Lost { attempt, error });
+                            retrying = Some(Retrying {
+                                at: Instant::now() + backoff.delay(),
+                                attempt,
+                            });
+                        }
+                        Err(error) => {
+                            // Refused: the previous value stays (and is what a loss rewrites).
+                            let _ = ack.send(Err(error));
+                            desired = written.as_ref().map(|(instance, _)| instance.clone());
+                        }
+                    }
+                }
+                Event::Command(Some(Command::Remove(ack))) => {
+                    let Some(instance) = written
+                        .as_ref()
+                        .map(|(instance, _)| instance.clone())
+                        .or_else(|| desired.clone())
+                    else {
+                        let _ = ack.send(Ok(()));
+                        continue;
+                    };
+                    // Stop keeping it alive first, so that nothing writes it back.
+                    holding = None;
+                    let was_retrying = retrying.take();
+                    let lease = written.as_ref().map(|(_, lease)| lease);
+                    match self.store.remove(&instance, lease).await {
+                        Ok(()) => {
+                            desired = None;
+                            written = None;
+                            self.state.send_replace(RegistrationState::Deregistered);
+                            let _ = ack.send(Ok(()));
+                            if self.finish() {
+                                return;
+                            }
+                        }
+                        Err(error) => {
+                            // Still ours, still kept: the caller may try again.
+                            let _ = ack.send(Err(error));
+                            match (&written, was_retrying) {
+                                (_, Some(retry)) => retrying = Some(retry),
+                                (Some((instance, lease)), None) => {
+                                    holding = Some(self.hold(instance, lease));
+                                }
+                                (None, None) => {}
+                            }
+                        }
+                    }
+                }
+                Event::Lost(error) => {
+                    holding = None;
+                    tracing::warn!(%service, %id, %error, "registration lost; writing it again");
+                    self.state
+                        .send_replace(RegistrationState::Lost { attempt: 0, error });
+                    // Lost soon after it was written: back off, so that the loop never spins.
+                    let at = if held_since.elapsed() < cap {
+                        Instant::now() + backoff.delay()
+                    } else {
+                        backoff.reset();
+                        Instant::now()
+                    };
+                    retrying = Some(Retrying { at, attempt: 0 });
+                }
+                Event::Retry => {
+                    let Some(instance) = desired.clone() else {
+                        retrying = None;
+                        continue;
+                    };
+                    let lease = written.as_ref().map(|(_, lease)| lease);
+                    match self.store.write(&instance, lease).await {
+                        Ok(lease) => {
+                            tracing::info!(%service, %id, "registration restored");
+                            holding = Some(self.hold(&instance, &lease));
+                            held_since = Instant::now();
+                            written = Some((instance, lease));
+                            retrying = None;
+                            self.state.send_replace(RegistrationState::Registered);
+                        }
+                        Err(error) => {
+                            let attempt = retrying.as_ref().map_or(0, |r| r.attempt) + 1;
+                            let delay = backoff.delay();
+                            tracing::warn!(%service, %id, attempt, %error, retry_in = ?delay, "writing a lost registration failed");
+                            self.state
+                                .send_replace(RegistrationState::Lost { attempt, error });
+                            retrying = Some(Retrying {
+                                at: Instant::now() + delay,
+                                attempt,
+                            });
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Resolves when the held registration is lost; never without one.
+async fn lost(holding: &mut Option<BoxFuture<'static, Error>>) -> Error {
+    match holding {
+        Some(hold) => hold.await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Resolves when the next write of a lost registration is due; never when none is.
+async fn retry_at(retrying: &Option<Retrying>) {
+    match retrying {
+        Some(retry) => tokio::time::sleep_until(retry.at).await,
+        None => std::future::pending().await,
+    }
+}
