@@ -164,6 +164,13 @@ pub(crate) struct HealthEntry {
     service: AgentService,
 }
 
+impl HealthEntry {
+    /// The instance id of the entry.
+    pub(crate) fn id(&self) -> &str {
+        &self.service.id
+    }
+}
+
 #[derive(Debug, Deserialize)]
 #[serde(rename_all = "PascalCase")]
 struct Node {

@@ -279,6 +279,20 @@ impl Client {
         .await
     }
 
+    /// How many keys `key` names: 1 when it exists, else 0.
+    pub(crate) async fn count(&self, key: &[u8]) -> Result<i64, Status> {
+        let request = RangeRequest {
+            key: key.to_vec(),
+            count_only: true,
+            ..RangeRequest::default()
+        };
+        self.call(|mut c| {
+            let request = request.clone();
+            async move { Ok(c.kv.range(request).await?.into_inner().count) }
+        })
+        .await
+    }
+
     /// Writes `value` at `key`, attached to `lease` (0: none).
     pub(crate) async fn put(&self, key: &[u8], value: &[u8], lease: i64) -> Result<(), Status> {
         let request = PutRequest {

@@ -12,9 +12,19 @@ pub(crate) fn is_out_of_range(status: &Status) -> bool {
     status.code() == Code::OutOfRange
 }
 
-/// Whether etcd answered that a lease does not exist (it expired or was revoked).
+/// Whether etcd answered a request that names a lease (a put under it, a revoke) with
+/// `NotFound`: the lease expired or was revoked. etcd has no other `NotFound` for them.
 pub(crate) fn is_lease_not_found(e: &Error) -> bool {
-    matches!(e, Error::Backend { message, temporary: false, .. } if message.contains("lease not found"))
+    let Error::Backend {
+        source: Some(source),
+        ..
+    } = e
+    else {
+        return false;
+    };
+    source
+        .downcast_ref::<Status>()
+        .is_some_and(|status| status.code() == Code::NotFound)
 }
 
 /// Maps etcd's answer to `operation`. Answers that etcd gave about the request itself (bad
@@ -47,7 +57,12 @@ pub(crate) fn map_err(operation: &'static str, status: Status) -> Error {
                 | Code::Unauthenticated
         )
     {
-        permanent(format!("{operation}: {message}"))
+        Error::Backend {
+            backend: SCHEME,
+            message: format!("{operation}: {message}"),
+            temporary: false,
+            source: Some(std::sync::Arc::new(status)),
+        }
     } else {
         Error::unavailable(format!("etcd {operation} failed"), status)
     }
@@ -61,14 +76,5 @@ pub(crate) fn map_connect_err(endpoint: &str, e: ConnectError) -> Error {
             Error::unavailable(format!("etcd endpoint {endpoint} does not answer"), e)
         }
         ConnectError::Rpc(status) => map_err("authenticate", status),
-    }
-}
-
-fn permanent(message: String) -> Error {
-    Error::Backend {
-        backend: SCHEME,
-        message,
-        temporary: false,
-        source: None,
     }
 }

@@ -1,30 +1,29 @@
 #![doc = include_str!("../README.md")]
 
-use std::collections::HashMap;
 use std::fmt;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use registry_core::validate::{validate_id, validate_name};
+use registry_core::registration::Registrations;
+use registry_core::validate::validate_name;
 use registry_core::{
-    Capabilities, Checked, Discovery, Error, Registrar, Registry, Result, ServiceInstance,
-    WatchHub, Watcher,
+    Capabilities, Checked, Discovery, Error, Registrar, RegistrationStatus, Registry, Result,
+    ServiceInstance, WatchHub, Watcher,
 };
 
 mod client;
 mod config;
 mod core;
 mod error;
-mod registration;
 mod rpc;
+mod store;
 mod watch;
 
 pub use config::{Config, TlsConfig};
-pub use registration::RegistrationState;
 
 use crate::core::Connection;
-use crate::registration::{write, Registration};
+use crate::store::EtcdStore;
 
 /// The URL scheme of this backend.
 pub const SCHEME: &str = "etcd";
@@ -48,12 +47,14 @@ struct Inner {
     conn: Arc<Connection>,
     config: Config,
     hub: WatchHub,
-    registrations: Mutex<HashMap<String, Arc<Registration>>>,
+    registrations: Registrations<EtcdStore>,
 }
 
-/// The etcd registry. Share it through `Arc`. Dropping it stops every keep-alive at once
-/// (each registration's task is aborted; its lease then expires after its TTL) and every
-/// watch (its watchers' `next()` then fails with `Error::Closed`).
+/// The etcd registry. Share it through `Arc`. Registrations are kept by the core's
+/// supervisor ([`Registrations`]) over the lease primitives of `store.rs`.
+/// `close()` deregisters everything and ends the watches; dropping stops every keep-alive at
+/// once (each lease then expires after its TTL) and every watch (its watchers' `next()` then
+/// fails with `Error::Closed`).
 pub struct EtcdRegistry {
     inner: Arc<Inner>,
 }
@@ -79,108 +80,41 @@ impl EtcdRegistry {
         config
             .check()
             .map_err(|reason| Error::invalid("etcd config", format!("{config:?}"), reason))?;
-        let conn = Connection::open(&config).await?;
+        let conn = Arc::new(Connection::open(&config).await?);
+        let store = EtcdStore {
+            conn: conn.clone(),
+            namespace: config.namespace.clone(),
+            ttl: config.ttl,
+        };
         Ok(EtcdRegistry {
             inner: Arc::new(Inner {
-                conn: Arc::new(conn),
+                conn,
                 config,
                 hub: WatchHub::new(),
-                registrations: Mutex::default(),
+                registrations: Registrations::new(store),
             }),
         })
     }
 
-    /// The state of the registration of `instance` made through this registry, if any.
-    pub fn registration_state(&self, instance: &ServiceInstance) -> Option<RegistrationState> {
-        let key = self.key(&instance.name, &instance.id);
-        self.registrations().get(&key).map(|r| r.state())
-    }
-
-    fn registrations(&self) -> MutexGuard<'_, HashMap<String, Arc<Registration>>> {
-        self.inner
-            .registrations
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
+    /// The lease the registration of `instance` made through this registry is kept under
+    /// now; `None` while it is not written (or not held by this registry).
+    pub fn lease(&self, instance: &ServiceInstance) -> Option<i64> {
+        self.inner.registrations.lease(&instance.name, &instance.id)
     }
 
     fn prefix(&self, name: &str) -> String {
         format!("{}/{name}/", self.inner.config.namespace)
-    }
-
-    fn key(&self, name: &str, id: &str) -> String {
-        format!("{}{id}", self.prefix(name))
     }
 }
 
 #[async_trait]
 impl Registrar for EtcdRegistry {
     async fn register(&self, instance: &ServiceInstance) -> Result<()> {
-        instance.validate()?;
-        let key = self.key(&instance.name, &instance.id);
-        let within = self.inner.config.request_timeout * 2;
-        // A registration that exists: its task writes the new value under its lease.
-        let existing = self.registrations().get(&key).cloned();
-        if let Some(existing) = existing {
-            return existing.update(instance, within).await;
-        }
-        let lease = write(&self.inner.conn, &key, instance, self.inner.config.ttl).await?;
-        let started = Arc::new(Registration::start(
-            self.inner.conn.clone(),
-            key.clone(),
-            self.inner.config.ttl,
-            lease,
-            instance.clone(),
-        ));
-        let raced = {
-            let mut registrations = self.registrations();
-            match registrations.get(&key) {
-                Some(first) => Some(first.clone()),
-                None => {
-                    registrations.insert(key.clone(), started.clone());
-                    None
-                }
-            }
-        };
-        if let Some(first) = raced {
-            // A concurrent first register of the same id won: its task writes our value
-            // under its lease; then ours, holding nothing, is stopped and revoked.
-            let written = first.update(instance, within).await;
-            let ours = started.stop().await;
-            self.revoke(ours).await;
-            return written;
-        }
-        Ok(())
+        self.inner.registrations.register(instance).await
     }
 
     async fn deregister(&self, instance: &ServiceInstance) -> Result<()> {
-        validate_name(&instance.name)?;
-        validate_id(&instance.id)?;
-        let key = self.key(&instance.name, &instance.id);
-        let registration = self.registrations().remove(&key);
-        if let Some(registration) = registration {
-            // Stop the task first, then revoke its lease: a write it had in flight fails.
-            let lease = registration.stop().await;
-            self.revoke(lease).await;
-        }
-        self.inner
-            .conn
-            .run("delete", |c| {
-                let key = key.clone();
-                async move { c.delete(key.as_bytes()).await }
-            })
-            .await?;
-        Ok(())
-    }
-}
-
-impl EtcdRegistry {
-    /// Revokes a lease (deleting what is attached to it); failures only log: an unrevoked
-    /// lease expires after its TTL.
-    async fn revoke(&self, lease: i64) {
-        let (_, client) = self.inner.conn.client();
-        if let Err(e) = client.lease_revoke(lease).await {
-            tracing::debug!(lease, error = %e, "etcd lease revoke failed");
-        }
+        self.inner.registrations.deregister(instance).await
     }
 }
 
@@ -224,6 +158,16 @@ impl Registry for EtcdRegistry {
             expiry_slack: Duration::from_millis(1500),
             min_ttl: MIN_TTL,
         }
+    }
+
+    fn registration(&self, name: &str, id: &str) -> Option<RegistrationStatus> {
+        self.inner.registrations.status(name, id)
+    }
+
+    async fn close(&self) -> Result<()> {
+        let result = self.inner.registrations.close().await;
+        self.inner.hub.shutdown();
+        result
     }
 
     /// The services with at least one valid instance under the namespace.

@@ -7,8 +7,8 @@ mod support;
 
 use std::time::Duration;
 
-use registry_core::{Discovery, Registrar, ServiceInstance};
-use registry_etcd::{Config, EtcdRegistry, RegistrationState};
+use registry_core::{Discovery, Registrar, Registry, ServiceInstance};
+use registry_etcd::{Config, EtcdRegistry};
 use support::{instance, lists, watcher_reaches, EtcdServer};
 
 /// The lease TTL of the registration living through the fault.
@@ -83,10 +83,9 @@ async fn survives(fault: Fault) {
     let fresh = connect(&server).await;
     lists(&fresh, "svc", &survivors, RECOVERY).await;
     support::eventually(RECOVERY, "the registration reports Registered", || async {
-        matches!(
-            owner.registration_state(&a),
-            Some(RegistrationState::Registered { .. })
-        )
+        owner
+            .registration(&a.name, &a.id)
+            .is_some_and(|s| s.get().is_registered())
     })
     .await;
     let lease = registered_lease(&owner, &a);
@@ -120,10 +119,7 @@ async fn survives(fault: Fault) {
 }
 
 fn registered_lease(owner: &EtcdRegistry, instance: &ServiceInstance) -> i64 {
-    match owner.registration_state(instance) {
-        Some(RegistrationState::Registered { lease }) => lease,
-        other => panic!("not registered: {other:?}"),
-    }
+    owner.lease(instance).expect("registered")
 }
 
 /// The lease the key is attached to, read with the raw client.

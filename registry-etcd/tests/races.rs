@@ -6,8 +6,8 @@ mod support;
 
 use std::time::Duration;
 
-use registry_core::{Discovery, Registrar, ServiceInstance};
-use registry_etcd::{Config, EtcdRegistry, RegistrationState};
+use registry_core::{Discovery, Registrar, Registry, ServiceInstance};
+use registry_etcd::{Config, EtcdRegistry};
 use support::{instance, EtcdServer};
 
 const TTL: Duration = Duration::from_secs(2);
@@ -27,10 +27,7 @@ fn version(i: usize) -> ServiceInstance {
 
 /// The lease the registration keeps, and the one the key is attached to.
 async fn leases(server: &EtcdServer, registry: &EtcdRegistry, of: &ServiceInstance) -> (i64, i64) {
-    let kept = match registry.registration_state(of) {
-        Some(RegistrationState::Registered { lease }) => lease,
-        other => panic!("not registered: {other:?}"),
-    };
+    let kept = registry.lease(of).expect("registered");
     let mut raw = etcd_client::Client::connect([server.endpoint()], None)
         .await
         .expect("raw client");
@@ -77,5 +74,5 @@ async fn updates_in_a_row_end_with_the_last() {
 
     registry.deregister(&version(19)).await.expect("deregister");
     assert!(registry.get_service("svc").await.expect("list").is_empty());
-    assert_eq!(registry.registration_state(&version(19)), None);
+    assert!(registry.registration("svc", "one").is_none());
 }

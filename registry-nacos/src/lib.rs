@@ -1,37 +1,36 @@
 #![doc = include_str!("../README.md")]
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::BTreeSet;
 use std::fmt;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use nacos_sdk::api::naming::{
-    NamingChangeEvent, NamingEventListener, NamingService, NamingServiceBuilder,
-    ServiceInstance as NacosInstance,
-};
+use nacos_sdk::api::naming::{NamingService, NamingServiceBuilder};
 use nacos_sdk::api::props::ClientProps;
-use registry_core::validate::{validate_id, validate_name};
+use registry_core::registration::Registrations;
+use registry_core::validate::validate_name;
 use registry_core::{
-    Backoff, Capabilities, Checked, Discovery, Error, Publisher, Registrar, Registry, Result,
+    Capabilities, Checked, Discovery, Error, Registrar, RegistrationStatus, Registry, Result,
     ServiceInstance, WatchHub, Watcher,
 };
-use tokio::sync::mpsc;
+use tokio::sync::oneshot;
 
 mod config;
+mod error;
 mod format;
+mod source;
+mod store;
 
 pub use config::{Config, DEFAULT_CLUSTER, DEFAULT_GROUP, DEFAULT_PORT, DEFAULT_WEIGHT};
 
-use crate::format::{assemble, service_of, to_nacos, Services};
+use crate::error::map_err;
+use crate::format::to_nacos;
+use crate::source::instances_of;
+use crate::store::{deregister_parts, NacosStore, Written};
 
 /// The URL scheme of this backend.
 pub const SCHEME: &str = "nacos";
-
-/// Schemes a watch follows from its start, before they appear in the service list.
-const COMMON_SCHEMES: [&str; 4] = ["http", "https", "grpc", "grpcs"];
-/// How often a watch looks for services of its name with other schemes.
-const RESCAN: Duration = Duration::from_secs(5);
 
 /// Connects to the Nacos servers the URL names (see [`Config::from_url`]); the facade's
 /// `connect` calls this for `nacos://`.
@@ -40,26 +39,21 @@ pub async fn connect(url: &str) -> Result<Arc<dyn Registry>> {
     Ok(Arc::new(Checked::new(registry)))
 }
 
-fn map_err(operation: &'static str, e: nacos_sdk::api::error::Error) -> Error {
-    use nacos_sdk::api::error::Error as N;
-    match e {
-        N::ErrResult(message) if message.contains("auth") || message.contains("403") => {
-            Error::PermissionDenied {
-                message: format!("Nacos {operation}: {message}"),
-            }
-        }
-        other => Error::unavailable(format!("Nacos {operation} failed"), other),
-    }
-}
-
-/// The Nacos registry, on nacos-sdk's gRPC naming client. Share it through `Arc`. Dropping it
-/// deregisters everything it registered (in the background) and ends its watches.
+/// The Nacos registry, on nacos-sdk's gRPC naming client. Share it through `Arc`.
+///
+/// Registrations are kept by the core's supervisor over the primitives of `store.rs`.
+/// `close()` deregisters everything and ends the watches. Dropping it stops the checks and
+/// ends the watches; since nacos-sdk keeps its connection (and registers again through it)
+/// after the handle is gone, a task started with the registry — not from `Drop` — then
+/// deregisters what is left. Outside a running runtime that task cannot run: the instances
+/// leave when the process exits (the server drops a closed connection's instances at once).
 pub struct NacosRegistry {
     naming: NamingService,
     config: Config,
     hub: WatchHub,
-    /// What this registry registered, by (name, id): the value last written.
-    registrations: tokio::sync::Mutex<HashMap<(String, String), ServiceInstance>>,
+    registrations: Registrations<NacosStore>,
+    /// Dropped with the registry: wakes the task that deregisters what is left.
+    _dropped: oneshot::Sender<()>,
     _cache: Option<tempfile::TempDir>,
 }
 
@@ -115,11 +109,24 @@ impl NacosRegistry {
             .get_service_list(1, 1, Some(config.group.clone()))
             .await
             .map_err(|e| map_err("connect", e))?;
+        let written = Written::default();
+        let (dropped, on_drop) = oneshot::channel();
+        tokio::spawn(leave_on_drop(
+            naming.clone(),
+            config.clone(),
+            written.clone(),
+            on_drop,
+        ));
         Ok(NacosRegistry {
+            registrations: Registrations::new(NacosStore {
+                naming: naming.clone(),
+                config: config.clone(),
+                written,
+            }),
             naming,
             config,
             hub: WatchHub::new(),
-            registrations: tokio::sync::Mutex::default(),
+            _dropped: dropped,
             _cache: cache,
         })
     }
@@ -127,159 +134,50 @@ impl NacosRegistry {
     fn group(&self) -> Option<String> {
         Some(self.config.group.clone())
     }
-
-    async fn register_parts(&self, parts: &[(String, NacosInstance)]) -> Result<()> {
-        for (service, instance) in parts {
-            self.naming
-                .register_instance(service.clone(), self.group(), instance.clone())
-                .await
-                .map_err(|e| map_err("register", e))?;
-        }
-        Ok(())
-    }
-
-    async fn deregister_parts(&self, parts: &[(String, NacosInstance)]) -> Result<()> {
-        for (service, instance) in parts {
-            self.naming
-                .deregister_instance(service.clone(), self.group(), instance.clone())
-                .await
-                .map_err(|e| map_err("deregister", e))?;
-        }
-        Ok(())
-    }
 }
 
 impl Drop for NacosRegistry {
     fn drop(&mut self) {
+        self.registrations.abort();
         self.hub.shutdown();
-        // nacos-sdk keeps its connection (and would re-register through it) after the naming
-        // service is dropped: deregister what is ours explicitly.
-        let registered: Vec<ServiceInstance> = match self.registrations.try_lock() {
-            Ok(map) => map.values().cloned().collect(),
-            Err(_) => Vec::new(),
+    }
+}
+
+/// Started with the registry: once it is dropped, deregisters what it still has written.
+async fn leave_on_drop(
+    naming: NamingService,
+    config: Config,
+    written: Written,
+    dropped: oneshot::Receiver<()>,
+) {
+    let _ = dropped.await;
+    let left: Vec<ServiceInstance> = store::lock(&written).drain().map(|(_, v)| v).collect();
+    for instance in left {
+        let Ok(parts) = to_nacos(&instance, &config) else {
+            continue;
         };
-        if registered.is_empty() {
-            return;
+        if let Err(e) = deregister_parts(&naming, &config.group, &parts).await {
+            tracing::warn!(id = %instance.id, error = %e, "Nacos deregister after drop failed");
         }
-        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
-            tracing::warn!("NacosRegistry dropped outside a runtime: its instances stay until the process exits");
-            return;
-        };
-        let naming = self.naming.clone();
-        let config = self.config.clone();
-        runtime.spawn(async move {
-            for instance in registered {
-                for (service, nacos) in to_nacos(&instance, &config).unwrap_or_default() {
-                    if let Err(e) = naming
-                        .deregister_instance(service, Some(config.group.clone()), nacos)
-                        .await
-                    {
-                        tracing::warn!(error = %e, "Nacos deregister on drop failed");
-                    }
-                }
-            }
-        });
     }
 }
 
 #[async_trait]
 impl Registrar for NacosRegistry {
     async fn register(&self, instance: &ServiceInstance) -> Result<()> {
-        let parts = to_nacos(instance, &self.config)?;
-        let key = (instance.name.clone(), instance.id.clone());
-        let mut registrations = self.registrations.lock().await;
-        // Endpoints of the previous value that the new one no longer has go first; the others
-        // are registered again, which updates them.
-        if let Some(previous) = registrations.get(&key) {
-            let gone: Vec<_> = to_nacos(previous, &self.config)?
-                .into_iter()
-                .filter(|(service, old)| {
-                    !parts
-                        .iter()
-                        .any(|(s, new)| s == service && new.ip == old.ip && new.port == old.port)
-                })
-                .collect();
-            self.deregister_parts(&gone).await?;
-        }
-        self.register_parts(&parts).await?;
-        registrations.insert(key, instance.clone());
-        Ok(())
+        self.registrations.register(instance).await
     }
 
     async fn deregister(&self, instance: &ServiceInstance) -> Result<()> {
-        validate_name(&instance.name)?;
-        validate_id(&instance.id)?;
-        let key = (instance.name.clone(), instance.id.clone());
-        let mut registrations = self.registrations.lock().await;
-        let registered = registrations
-            .get(&key)
-            .cloned()
-            .unwrap_or_else(|| instance.clone());
-        // What cannot be written cannot be there: nothing to remove.
-        let Ok(parts) = to_nacos(&registered, &self.config) else {
-            return Ok(());
-        };
-        self.deregister_parts(&parts).await?;
-        registrations.remove(&key);
-        Ok(())
+        self.registrations.deregister(instance).await
     }
-}
-
-/// The Nacos services of `name`: `{name}.{scheme}`, and `name` itself (a service registered
-/// under the plain name, or a kratos user asking for `helloworld.grpc`).
-async fn services_of(naming: &NamingService, group: &str, name: &str) -> Result<BTreeSet<String>> {
-    let prefix = format!("{name}.");
-    let mut found = BTreeSet::new();
-    let mut page = 1;
-    loop {
-        let (names, total) = naming
-            .get_service_list(page, 500, Some(group.to_owned()))
-            .await
-            .map_err(|e| map_err("list services", e))?;
-        let fetched = names.len();
-        found.extend(names.into_iter().filter(|s| {
-            s == name
-                || s.strip_prefix(&prefix)
-                    .is_some_and(|scheme| !scheme.contains('.'))
-        }));
-        if fetched == 0 || (page * 500) as i64 >= i64::from(total) {
-            break;
-        }
-        page += 1;
-    }
-    Ok(found)
-}
-
-async fn instances_of(
-    naming: &NamingService,
-    group: &str,
-    service: &str,
-) -> Result<Vec<NacosInstance>> {
-    naming
-        .select_instances(
-            service.to_owned(),
-            Some(group.to_owned()),
-            Vec::new(),
-            false,
-            true,
-        )
-        .await
-        .map_err(|e| map_err("list instances", e))
 }
 
 #[async_trait]
 impl Discovery for NacosRegistry {
     async fn get_service(&self, name: &str) -> Result<Vec<ServiceInstance>> {
         validate_name(name)?;
-        let group = &self.config.group;
-        let mut services = Services::new();
-        for service in services_of(&self.naming, group, name).await? {
-            let instances = instances_of(&self.naming, group, &service).await?;
-            services.insert(service, instances);
-        }
-        Ok(assemble(name, &services, &BTreeMap::new())
-            .into_values()
-            .collect())
+        source::list(&self.naming, &self.config.group, name).await
     }
 
     async fn watch(&self, name: &str) -> Result<Watcher> {
@@ -289,128 +187,9 @@ impl Discovery for NacosRegistry {
         let owned = name.to_owned();
         self.hub
             .watch(name, move |publisher| {
-                follow(naming, group, owned, publisher)
+                source::follow(naming, group, owned, publisher)
             })
             .await
-    }
-}
-
-/// Forwards nacos-sdk's pushes to the watch task.
-struct Forward(mpsc::UnboundedSender<Arc<NamingChangeEvent>>);
-
-impl NamingEventListener for Forward {
-    fn event(&self, event: Arc<NamingChangeEvent>) {
-        let _ = self.0.send(event);
-    }
-}
-
-/// Unsubscribes a watch's services when the watch task ends.
-struct Subscriptions {
-    naming: NamingService,
-    group: String,
-    listener: Arc<dyn NamingEventListener>,
-    services: Mutex<BTreeSet<String>>,
-}
-
-impl Drop for Subscriptions {
-    fn drop(&mut self) {
-        let services = std::mem::take(self.services.get_mut().unwrap_or_else(|p| p.into_inner()));
-        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
-            return;
-        };
-        let naming = self.naming.clone();
-        let group = self.group.clone();
-        let listener = self.listener.clone();
-        runtime.spawn(async move {
-            for service in services {
-                let _ = naming
-                    .unsubscribe(service, Some(group.clone()), Vec::new(), listener.clone())
-                    .await;
-            }
-        });
-    }
-}
-
-/// The upstream of one name's shared watch: one subscription per Nacos service of the name
-/// (the common schemes from the start, others as they appear), and the whole list rebuilt
-/// after each push.
-async fn follow(naming: NamingService, group: String, name: String, publisher: Publisher) {
-    let (tx, mut rx) = mpsc::unbounded_channel();
-    let subscriptions = Subscriptions {
-        naming: naming.clone(),
-        group: group.clone(),
-        listener: Arc::new(Forward(tx)),
-        services: Mutex::default(),
-    };
-    let mut services = Services::new();
-    let mut shown = BTreeMap::new();
-    let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
-    loop {
-        // Subscribe to the services of the name not followed yet, and read them once.
-        let outcome: Result<()> = async {
-            let mut wanted = services_of(&naming, &group, &name).await?;
-            wanted.extend(COMMON_SCHEMES.iter().map(|s| service_of(&name, s)));
-            let new: Vec<String> = {
-                let followed = subscriptions
-                    .services
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner());
-                wanted
-                    .into_iter()
-                    .filter(|s| !followed.contains(s))
-                    .collect()
-            };
-            for service in new {
-                naming
-                    .subscribe(
-                        service.clone(),
-                        Some(group.clone()),
-                        Vec::new(),
-                        subscriptions.listener.clone(),
-                    )
-                    .await
-                    .map_err(|e| map_err("subscribe", e))?;
-                subscriptions
-                    .services
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .insert(service.clone());
-                let instances = instances_of(&naming, &group, &service).await?;
-                services.insert(service, instances);
-            }
-            Ok(())
-        }
-        .await;
-        let wait = match outcome {
-            Ok(()) => {
-                backoff.reset();
-                shown = assemble(&name, &services, &shown);
-                publisher.publish(shown.values().cloned().collect());
-                RESCAN
-            }
-            Err(e) => {
-                publisher.report_error(e);
-                backoff.delay()
-            }
-        };
-        // Apply pushes until the next rescan.
-        let rescan = tokio::time::Instant::now() + wait;
-        loop {
-            tokio::select! {
-                _ = tokio::time::sleep_until(rescan) => break,
-                Some(event) = rx.recv() => {
-                    let service = event
-                        .service_name
-                        .rsplit_once("@@")
-                        .map_or(event.service_name.as_str(), |(_, s)| s)
-                        .to_owned();
-                    let instances = event.instances.clone().unwrap_or_default();
-                    services.insert(service, instances);
-                    shown = assemble(&name, &services, &shown);
-                    publisher.publish(shown.values().cloned().collect());
-                }
-            }
-        }
     }
 }
 
@@ -433,6 +212,16 @@ impl Registry for NacosRegistry {
             expiry_slack: Duration::from_secs(3),
             min_ttl: Duration::from_secs(1),
         }
+    }
+
+    fn registration(&self, name: &str, id: &str) -> Option<RegistrationStatus> {
+        self.registrations.status(name, id)
+    }
+
+    async fn close(&self) -> Result<()> {
+        let result = self.registrations.close().await;
+        self.hub.shutdown();
+        result
     }
 
     /// The names of the services in the group, `{name}.{scheme}` counted once as `name`.

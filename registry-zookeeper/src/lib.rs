@@ -5,10 +5,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use registry_core::validate::{validate_id, validate_name};
+use registry_core::registration::Registrations;
+use registry_core::validate::validate_name;
 use registry_core::{
-    Capabilities, Checked, Discovery, Registrar, Registry, Result, ServiceInstance, WatchHub,
-    Watcher,
+    Capabilities, Checked, Discovery, Registrar, RegistrationStatus, Registry, Result,
+    ServiceInstance, WatchHub, Watcher,
 };
 use tokio::task::JoinHandle;
 use zookeeper_client::Error as Z;
@@ -17,14 +18,15 @@ mod config;
 mod error;
 mod node;
 mod session;
+mod store;
 mod watch;
 
 pub use config::{Config, DEFAULT_PORT, DEFAULT_ROOT, DEFAULT_SESSION_TIMEOUT};
-pub use session::RegistrationState;
 
 use crate::error::map_err;
 use crate::node::timed_raw;
-use crate::session::{Entry, Zk};
+use crate::session::Zk;
+use crate::store::ZkStore;
 
 /// The URL scheme of this backend.
 pub const SCHEME: &str = "zk";
@@ -36,11 +38,14 @@ pub async fn connect(url: &str) -> Result<Arc<dyn Registry>> {
     Ok(Arc::new(Checked::new(registry)))
 }
 
-/// The ZooKeeper registry. Share it through `Arc`. Dropping it closes its session: its
-/// ephemeral nodes go at once, and its watchers end.
+/// The ZooKeeper registry. Share it through `Arc`. Registrations are kept by the core's
+/// supervisor over the ephemeral-node primitives of `store.rs`. `close()` deregisters
+/// everything and ends the watches; dropping closes its session: its ephemeral nodes go at
+/// once, and its watchers end.
 pub struct ZkRegistry {
     zk: Arc<Zk>,
     hub: WatchHub,
+    registrations: Registrations<ZkStore>,
     supervisor: JoinHandle<()>,
 }
 
@@ -54,6 +59,7 @@ impl fmt::Debug for ZkRegistry {
 
 impl Drop for ZkRegistry {
     fn drop(&mut self) {
+        self.registrations.abort();
         self.supervisor.abort();
         self.hub.shutdown();
         // The last client handle goes with the tasks: the session is closed.
@@ -71,23 +77,10 @@ impl ZkRegistry {
         let zk = Zk::connect(config).await?;
         Ok(ZkRegistry {
             supervisor: tokio::spawn(session::supervise(zk.clone())),
+            registrations: Registrations::new(ZkStore { zk: zk.clone() }),
             zk,
             hub: WatchHub::new(),
         })
-    }
-
-    /// The state of the registration of `instance` made through this registry, if any.
-    pub async fn registration_state(
-        &self,
-        instance: &ServiceInstance,
-    ) -> Option<RegistrationState> {
-        let path = self.path(&instance.name, &instance.id);
-        self.zk
-            .registrations
-            .lock()
-            .await
-            .get(&path)
-            .map(|e| e.state.clone())
     }
 
     /// Counts `session` as an earlier session of this registry, whose nodes register may
@@ -98,6 +91,12 @@ impl ZkRegistry {
         self.zk.adopt(session);
     }
 
+    /// The session that owns the node of `instance`'s registration made through this
+    /// registry; `None` while it is not written (or not held by this registry).
+    pub fn node_session(&self, instance: &ServiceInstance) -> Option<i64> {
+        self.registrations.lease(&instance.name, &instance.id)
+    }
+
     /// The id of the current session, if one is established.
     pub fn session_id(&self) -> Option<i64> {
         self.zk.current.borrow().as_ref().map(|c| c.session_id().0)
@@ -106,41 +105,16 @@ impl ZkRegistry {
     fn service_path(&self, name: &str) -> String {
         format!("{}/{name}", self.zk.config.root)
     }
-
-    fn path(&self, name: &str, id: &str) -> String {
-        format!("{}/{id}", self.service_path(name))
-    }
 }
 
 #[async_trait]
 impl Registrar for ZkRegistry {
     async fn register(&self, instance: &ServiceInstance) -> Result<()> {
-        instance.validate()?;
-        let path = self.path(&instance.name, &instance.id);
-        let client = self.zk.client().await?;
-        let mut registrations = self.zk.registrations.lock().await;
-        let session = node::create(&self.zk, &client, &path, instance).await?;
-        registrations.insert(
-            path,
-            Entry {
-                instance: instance.clone(),
-                state: RegistrationState::Registered { session },
-            },
-        );
-        Ok(())
+        self.registrations.register(instance).await
     }
 
     async fn deregister(&self, instance: &ServiceInstance) -> Result<()> {
-        validate_name(&instance.name)?;
-        validate_id(&instance.id)?;
-        let path = self.path(&instance.name, &instance.id);
-        let client = self.zk.client().await?;
-        let mut registrations = self.zk.registrations.lock().await;
-        // Forgotten only once the node is gone, so that a failed deregister can be retried
-        // and a new session never re-creates a deregistered instance.
-        node::delete_ours(&self.zk, &client, &path).await?;
-        registrations.remove(&path);
-        Ok(())
+        self.registrations.deregister(instance).await
     }
 }
 
@@ -186,6 +160,16 @@ impl Registry for ZkRegistry {
             // Two ticks of the test servers (tickTime 500 ms); a server's own floor applies.
             min_ttl: Duration::from_secs(1),
         }
+    }
+
+    fn registration(&self, name: &str, id: &str) -> Option<RegistrationStatus> {
+        self.registrations.status(name, id)
+    }
+
+    async fn close(&self) -> Result<()> {
+        let result = self.registrations.close().await;
+        self.hub.shutdown();
+        result
     }
 
     /// The services with at least one node under the root.

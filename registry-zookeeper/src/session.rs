@@ -1,41 +1,17 @@
 //! The ZooKeeper session: one client at a time; when its session ends (expired, or the
-//! server lost it with its data) a new one is made, with back-off that never gives up, and
-//! every registration of this registry is created again with its latest value.
+//! server lost it with its data) a new one is made, with back-off that never gives up. The
+//! core's supervisor then creates every registration again in it (each registration's hold
+//! sees its session end).
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::HashSet;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use registry_core::{Backoff, Error, Result, ServiceInstance};
+use registry_core::{Backoff, Error, Result};
 use tokio::sync::watch;
 use zookeeper_client::{Acls, Client, CreateMode, CreateOptions, SessionState};
 
 use crate::Config;
-
-/// What a registration is doing, readable through
-/// [`ZkRegistry::registration_state`](crate::ZkRegistry::registration_state).
-#[derive(Debug, Clone, PartialEq, Eq)]
-#[non_exhaustive]
-pub enum RegistrationState {
-    /// The node exists, owned by this session.
-    Registered {
-        /// The session that owns the ephemeral node.
-        session: i64,
-    },
-    /// The session ended: creating the node again in a new one.
-    Reregistering {
-        /// How many attempts failed so far.
-        attempt: u32,
-        /// The last failure.
-        last_error: String,
-    },
-}
-
-/// One registration: its latest value and state.
-pub(crate) struct Entry {
-    pub(crate) instance: ServiceInstance,
-    pub(crate) state: RegistrationState,
-}
 
 /// The session shared by a registry's calls, watches and background task.
 pub(crate) struct Zk {
@@ -44,9 +20,6 @@ pub(crate) struct Zk {
     pub(crate) current: watch::Sender<Option<Client>>,
     /// Every session this registry had: a node owned by one of them is ours to replace.
     sessions: Mutex<HashSet<i64>>,
-    /// The registrations, by path. Held across their writes, so that register, deregister and
-    /// re-creation after a new session never interleave.
-    pub(crate) registrations: tokio::sync::Mutex<BTreeMap<String, Entry>>,
 }
 
 impl Zk {
@@ -57,7 +30,6 @@ impl Zk {
             config,
             current: watch::Sender::new(None),
             sessions: Mutex::default(),
-            registrations: tokio::sync::Mutex::default(),
         };
         zk.install(client);
         Ok(Arc::new(zk))
@@ -143,8 +115,8 @@ async fn new_client(config: &Config) -> Result<Client> {
     }
 }
 
-/// The registry's background task: waits for the session to end, makes a new one and creates
-/// every registration again in it. Returns when the session was closed on purpose.
+/// The registry's background task: waits for the session to end and makes a new one.
+/// Returns when the session was closed on purpose.
 pub(crate) async fn supervise(zk: Arc<Zk>) {
     let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
     loop {
@@ -179,7 +151,6 @@ pub(crate) async fn supervise(zk: Arc<Zk>) {
                     attempt += 1;
                     let delay = backoff.delay();
                     tracing::warn!(attempt, error = %e, retry_in = ?delay, "ZooKeeper reconnect failed");
-                    mark_all(&zk, attempt, &e).await;
                     tokio::time::sleep(delay).await;
                 }
             }
@@ -187,59 +158,5 @@ pub(crate) async fn supervise(zk: Arc<Zk>) {
         backoff.reset();
         tracing::info!(session = %client.session_id(), "ZooKeeper session established");
         zk.install(client);
-        recreate_all(&zk).await;
-    }
-}
-
-async fn mark_all(zk: &Zk, attempt: u32, e: &Error) {
-    for entry in zk.registrations.lock().await.values_mut() {
-        entry.state = RegistrationState::Reregistering {
-            attempt,
-            last_error: e.to_string(),
-        };
-    }
-}
-
-/// Creates every registration again in the new session, retrying those that fail until all
-/// are back or the session ends again (the next round then takes over).
-async fn recreate_all(zk: &Zk) {
-    let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
-    let mut attempt = 0u32;
-    loop {
-        let Some(client) = zk.current.borrow().clone() else {
-            return;
-        };
-        if client.state().is_terminated() {
-            return;
-        }
-        let mut failed = 0;
-        {
-            let mut registrations = zk.registrations.lock().await;
-            for (path, entry) in registrations.iter_mut() {
-                if matches!(entry.state, RegistrationState::Registered { session } if session == client.session_id().0)
-                {
-                    continue;
-                }
-                match crate::node::create(zk, &client, path, &entry.instance).await {
-                    Ok(session) => {
-                        tracing::info!(%path, attempt, "ZooKeeper registration restored");
-                        entry.state = RegistrationState::Registered { session };
-                    }
-                    Err(e) => {
-                        failed += 1;
-                        tracing::warn!(%path, attempt, error = %e, "ZooKeeper re-registration failed");
-                        entry.state = RegistrationState::Reregistering {
-                            attempt: attempt + 1,
-                            last_error: e.to_string(),
-                        };
-                    }
-                }
-            }
-        }
-        if failed == 0 {
-            return;
-        }
-        attempt += 1;
-        tokio::time::sleep(backoff.delay()).await;
     }
 }

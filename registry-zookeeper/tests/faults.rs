@@ -9,7 +9,7 @@ mod support;
 use std::time::Duration;
 
 use registry_core::{Discovery, Error, Registrar};
-use registry_zookeeper::{Config, RegistrationState, ZkRegistry};
+use registry_zookeeper::{Config, ZkRegistry};
 use support::{instance, lists, watcher_reaches, ZkServer};
 use zookeeper_client::{Acls, Client, CreateMode};
 
@@ -62,10 +62,7 @@ async fn a_quick_restart_keeps_the_session_and_nothing_flaps() {
         }
     }
     assert_eq!(owner.session_id(), session, "the session survived");
-    assert_eq!(
-        owner.registration_state(&a).await,
-        session.map(|session| RegistrationState::Registered { session })
-    );
+    assert_eq!(owner.node_session(&a), session);
 }
 
 async fn comes_back_after(fault: impl AsyncFnOnce(&mut ZkServer)) {
@@ -87,10 +84,7 @@ async fn comes_back_after(fault: impl AsyncFnOnce(&mut ZkServer)) {
     // Held by a new session of the owner, the one its registration reports.
     support::eventually(WITHIN, "re-created in a new session", || async {
         let now = owner.session_id();
-        now.is_some()
-            && now != before
-            && owner.registration_state(&a).await
-                == now.map(|session| RegistrationState::Registered { session })
+        now.is_some() && now != before && owner.node_session(&a) == now
     })
     .await;
     let raw = zookeeper_client::Client::connect(&server.address())

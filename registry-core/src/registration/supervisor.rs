@@ -26,24 +26,35 @@ enum Command {
     Remove(oneshot::Sender<Result<()>>),
 }
 
-struct Entry {
+struct Entry<L> {
     /// Tells this entry from a later one of the same key.
     serial: u64,
     commands: mpsc::UnboundedSender<Command>,
     state: watch::Receiver<RegistrationState>,
+    /// The lease of the value written last, while it is held.
+    lease: watch::Receiver<Option<L>>,
     task: AbortHandle,
 }
 
-#[derive(Default)]
-struct Entries {
-    map: HashMap<Key, Entry>,
+struct Entries<L> {
+    map: HashMap<Key, Entry<L>>,
     closed: bool,
     serial: u64,
 }
 
-type Shared = Arc<Mutex<Entries>>;
+impl<L> Default for Entries<L> {
+    fn default() -> Self {
+        Entries {
+            map: HashMap::new(),
+            closed: false,
+            serial: 0,
+        }
+    }
+}
 
-fn lock(entries: &Mutex<Entries>) -> MutexGuard<'_, Entries> {
+type Shared<L> = Arc<Mutex<Entries<L>>>;
+
+fn lock<L>(entries: &Mutex<Entries<L>>) -> MutexGuard<'_, Entries<L>> {
     entries.lock().unwrap_or_else(|p| p.into_inner())
 }
 
@@ -62,7 +73,7 @@ fn lock(entries: &Mutex<Entries>) -> MutexGuard<'_, Entries> {
 ///   session, check or connection runs out).
 pub struct Registrations<S: Store> {
     store: Arc<S>,
-    entries: Shared,
+    entries: Shared<S::Lease>,
 }
 
 impl<S: Store> fmt::Debug for Registrations<S> {
@@ -168,6 +179,16 @@ impl<S: Store> Registrations<S> {
         Some(RegistrationStatus::new(entry.state.clone()))
     }
 
+    /// The lease the registration of (`name`, `id`) is held under now (`None` while it is
+    /// not written, or when this handle holds no such registration): for diagnostics and
+    /// backend tests.
+    pub fn lease(&self, name: &str, id: &str) -> Option<S::Lease> {
+        let entries = lock(&self.entries);
+        let entry = entries.map.get(&(name.to_owned(), id.to_owned()))?;
+        let lease = entry.lease.borrow().clone();
+        lease
+    }
+
     /// Stops every registration's task at once, without deregistering (what dropping does);
     /// later registers fail with [`Error::Closed`]. Keep-alives stop: each registration
     /// leaves the registry when its lease, session, check or connection runs out.
@@ -217,11 +238,12 @@ impl<S: Store> Registrations<S> {
         first
     }
 
-    fn spawn(&self, entries: &mut Entries, key: Key) -> Entry {
+    fn spawn(&self, entries: &mut Entries<S::Lease>, key: Key) -> Entry<S::Lease> {
         entries.serial += 1;
         let serial = entries.serial;
         let (commands, rx) = mpsc::unbounded_channel();
         let (state_tx, state) = watch::channel(RegistrationState::Pending);
+        let (lease_tx, lease) = watch::channel(None);
         let task = Task {
             store: self.store.clone(),
             entries: Arc::downgrade(&self.entries),
@@ -230,12 +252,14 @@ impl<S: Store> Registrations<S> {
             commands: rx,
             queued: VecDeque::new(),
             state: state_tx,
+            lease: lease_tx,
         };
         let task = tokio::spawn(task.run()).abort_handle();
         Entry {
             serial,
             commands,
             state,
+            lease,
             task,
         }
     }
@@ -256,13 +280,14 @@ struct Retrying {
 
 struct Task<S: Store> {
     store: Arc<S>,
-    entries: Weak<Mutex<Entries>>,
+    entries: Weak<Mutex<Entries<S::Lease>>>,
     key: Key,
     serial: u64,
     commands: mpsc::UnboundedReceiver<Command>,
     /// Commands taken off the channel while deciding whether to end.
     queued: VecDeque<Command>,
     state: watch::Sender<RegistrationState>,
+    lease: watch::Sender<Option<S::Lease>>,
 }
 
 impl<S: Store> Task<S> {
@@ -288,6 +313,7 @@ impl<S: Store> Task<S> {
     }
 
     fn hold(&self, instance: &ServiceInstance, lease: &S::Lease) -> BoxFuture<'static, Error> {
+        self.lease.send_replace(Some(lease.clone()));
         let store = self.store.clone();
         let instance = instance.clone();
         let lease = lease.clone();
@@ -349,6 +375,7 @@ impl<S: Store> Task<S> {
                             let _ = ack.send(Err(error.clone()));
                             desired = Some(instance);
                             holding = None;
+                            self.lease.send_replace(None);
                             let attempt = retrying.as_ref().map_or(0, |r| r.attempt) + 1;
                             self.state
                                 .send_replace(RegistrationState::Lost { attempt, error });
@@ -375,6 +402,7 @@ impl<S: Store> Task<S> {
                     };
                     // Stop keeping it alive first, so that nothing writes it back.
                     holding = None;
+                    self.lease.send_replace(None);
                     let was_retrying = retrying.take();
                     let lease = written.as_ref().map(|(_, lease)| lease);
                     match self.store.remove(&instance, lease).await {
@@ -402,6 +430,7 @@ impl<S: Store> Task<S> {
                 }
                 Event::Lost(error) => {
                     holding = None;
+                    self.lease.send_replace(None);
                     tracing::warn!(%service, %id, %error, "registration lost; writing it again");
                     self.state
                         .send_replace(RegistrationState::Lost { attempt: 0, error });
