@@ -7,8 +7,11 @@
 //! - [`eventually`], [`watcher_reaches`], [`lists`]: waiting on a condition with a deadline,
 //!   never sleeping and hoping;
 //! - [`pki`]: a CA with server and client certificates (rcgen), for TLS tests;
-//! - [`EtcdServer`]: an etcd of a test's own (plain or TLS), for the tests of etcd and of
-//!   what runs on it.
+//! - [`ServerControl`]: what a fault test does to a server (stop, start, restart, wipe, pause,
+//!   resume), implemented by every server below;
+//! - [`EtcdServer`], [`ConsulAgent`], [`ZkServer`], [`NacosServer`]: a server of a test's own
+//!   for each backend, used by the backends' own tests and by the conformance suite's fault
+//!   cases alike.
 //!
 //! A missing server program fails the test: nothing is skipped.
 
@@ -22,9 +25,18 @@ use std::process::{Child, Command, Stdio};
 use std::sync::Mutex;
 use std::time::Duration;
 
+use async_trait::async_trait;
 use rcgen::{BasicConstraints, CertificateParams, ExtendedKeyUsagePurpose, IsCa, KeyPair};
 use registry_core::{Discovery, ServiceInstance, Watcher};
 use tokio::time::{sleep, timeout, Instant};
+
+mod consul;
+mod nacos;
+mod zookeeper;
+
+pub use consul::ConsulAgent;
+pub use nacos::NacosServer;
+pub use zookeeper::ZkServer;
 
 /// How long a server gets to start answering.
 pub const START_DEADLINE: Duration = Duration::from_secs(60);
@@ -192,6 +204,13 @@ impl ServerProcess {
         }
     }
 
+    /// Starts the killed process again with the data it has (nothing when it runs).
+    pub async fn start_again(&mut self) {
+        if self.child.is_none() {
+            self.launch().await;
+        }
+    }
+
     /// Kills the process and starts it again with the data it has.
     pub async fn restart(&mut self) {
         self.kill();
@@ -225,6 +244,74 @@ impl ServerProcess {
         assert!(status.success(), "kill -{signal} {pid} failed");
     }
 }
+
+/// What a fault test does to a server of its own. Every method returns once the server is in
+/// the new state: started means answering clients.
+#[async_trait]
+pub trait ServerControl: Send + Sync {
+    /// Kills the server (SIGKILL); its data stays.
+    async fn stop(&mut self);
+    /// Starts a stopped server again with the data it has.
+    async fn start(&mut self);
+    /// Kills the server and starts it again with the data it has.
+    async fn restart(&mut self);
+    /// Kills the server, deletes its data and starts it again empty.
+    async fn wipe(&mut self);
+    /// Freezes the server (SIGSTOP): it keeps its sockets but answers nothing.
+    async fn pause(&mut self);
+    /// Thaws a paused server (SIGCONT).
+    async fn resume(&mut self);
+}
+
+#[async_trait]
+impl ServerControl for ServerProcess {
+    async fn stop(&mut self) {
+        self.kill();
+    }
+    async fn start(&mut self) {
+        self.start_again().await;
+    }
+    async fn restart(&mut self) {
+        ServerProcess::restart(self).await;
+    }
+    async fn wipe(&mut self) {
+        self.wipe_and_restart().await;
+    }
+    async fn pause(&mut self) {
+        ServerProcess::pause(self);
+    }
+    async fn resume(&mut self) {
+        ServerProcess::resume(self);
+    }
+}
+
+/// Implements [`ServerControl`] for a server type that derefs to its [`ServerProcess`].
+macro_rules! server_control_through_deref {
+    ($server:ty) => {
+        #[async_trait::async_trait]
+        impl $crate::ServerControl for $server {
+            async fn stop(&mut self) {
+                $crate::ServerControl::stop(&mut **self).await;
+            }
+            async fn start(&mut self) {
+                $crate::ServerControl::start(&mut **self).await;
+            }
+            async fn restart(&mut self) {
+                $crate::ServerControl::restart(&mut **self).await;
+            }
+            async fn wipe(&mut self) {
+                $crate::ServerControl::wipe(&mut **self).await;
+            }
+            async fn pause(&mut self) {
+                $crate::ServerControl::pause(&mut **self).await;
+            }
+            async fn resume(&mut self) {
+                $crate::ServerControl::resume(&mut **self).await;
+            }
+        }
+    };
+}
+pub(crate) use server_control_through_deref;
 
 impl Drop for ServerProcess {
     fn drop(&mut self) {
@@ -469,6 +556,8 @@ impl DerefMut for EtcdServer {
         &mut self.process
     }
 }
+
+server_control_through_deref!(EtcdServer);
 
 /// Runs `check` until it returns true, failing the test with `what` after `within`.
 pub async fn eventually<F, Fut>(within: Duration, what: &str, mut check: F)
