@@ -7,11 +7,106 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures::FutureExt;
-use registry::{Error, ServiceInstance, Watcher};
+use registry::{Capabilities, Error, RegistrationState, Registry, ServiceInstance, Watcher};
+use test_support::watcher_reaches;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::process::{Child, Command};
 
-use crate::Ctx;
+use crate::{list_until, Case, Ctx, Needs};
+
+/// A [`Case`] of the async function `$name` of this module.
+macro_rules! case {
+    ($name:ident, $needs:expr) => {
+        Case {
+            name: stringify!($name),
+            needs: $needs,
+            run: |ctx| $name(ctx).boxed_local(),
+        }
+    };
+}
+
+fn watch(caps: &Capabilities) -> bool {
+    caps.watch
+}
+
+fn ttl_expiry(caps: &Capabilities) -> bool {
+    caps.ttl_expiry
+}
+
+fn register(caps: &Capabilities) -> bool {
+    caps.register
+}
+
+fn register_and_watch(caps: &Capabilities) -> bool {
+    caps.register && caps.watch
+}
+
+/// Every case of the suite, in the order the harness lists them.
+pub fn cases() -> Vec<Case> {
+    vec![
+        case!(register_round_trip, Needs::caps(register)),
+        case!(services_stay_apart, Needs::caps(register)),
+        case!(deregister_removes, Needs::caps(register)),
+        case!(reregister_replaces, Needs::caps(register)),
+        case!(unknown_service_is_empty, Needs::nothing()),
+        case!(
+            watch_starts_with_current_list,
+            Needs::caps(register_and_watch)
+        ),
+        case!(watch_sees_every_change, Needs::caps(register_and_watch)),
+        case!(
+            two_watchers_see_every_change,
+            Needs::caps(register_and_watch)
+        ),
+        case!(
+            watcher_of_other_service_sees_nothing,
+            Needs::caps(register_and_watch)
+        ),
+        case!(watch_stop, Needs::caps(watch)),
+        case!(keep_alive, Needs::caps(ttl_expiry)),
+        case!(crash_expiry, Needs::caps(ttl_expiry)),
+        case!(
+            paused_owner_leaves_and_returns,
+            Needs::caps(ttl_expiry).with_owner_process()
+        ),
+        case!(graceful_deregister_is_prompt, Needs::caps(register)),
+        case!(concurrent_fifty, Needs::caps(register)),
+        case!(bad_input_is_refused, Needs::caps(register)),
+        case!(
+            server_restarted_with_its_data,
+            Needs::caps(register_and_watch).with_server_control()
+        ),
+        case!(
+            server_wiped,
+            Needs::caps(register_and_watch).with_server_control()
+        ),
+        case!(
+            server_paused_past_the_ttl,
+            Needs::caps(register_and_watch).with_server_control()
+        ),
+        case!(
+            deleted_from_outside,
+            Needs::caps(register_and_watch).with_delete_outside()
+        ),
+        case!(
+            state_follows_a_server_wipe,
+            Needs::caps(register).with_server_control()
+        ),
+        case!(
+            concurrent_register_and_deregister_end_with_the_last_call,
+            Needs::caps(register)
+        ),
+        case!(
+            deregister_of_another_owners_instance_is_refused,
+            Needs::caps(register)
+        ),
+        case!(close_deregisters_everything, Needs::caps(register)),
+        case!(
+            dropped_register_leaves_nothing_or_a_tracked_registration,
+            Needs::caps(register)
+        ),
+    ]
+}
 
 /// Within how long a graceful deregister must show: well inside any TTL the suite uses.
 pub const PROMPT: Duration = Duration::from_secs(2);
@@ -162,9 +257,6 @@ pub async fn unknown_service_is_empty(ctx: Arc<Ctx>) {
 
 /// 6a. A watcher's first `next()` returns the current list, also when it is empty.
 pub async fn watch_starts_with_current_list(ctx: Arc<Ctx>) {
-    if !ctx.caps.watch {
-        return;
-    }
     let empty = ctx.service("watch-empty");
     let mut watcher = ctx.registry.watch(&empty).await.expect("watch");
     let first = next_within(
@@ -218,9 +310,6 @@ async fn change_sequence(ctx: &Ctx, service: &str, watchers: &mut [Watcher]) {
 
 /// 6b. Each register, update and deregister yields the new full list.
 pub async fn watch_sees_every_change(ctx: Arc<Ctx>) {
-    if !ctx.caps.watch {
-        return;
-    }
     let service = ctx.service("watch-seq");
     let mut watcher = ctx.registry.watch(&service).await.expect("watch");
     assert!(next_within(&mut watcher, ctx.deadline(), "first list")
@@ -231,9 +320,6 @@ pub async fn watch_sees_every_change(ctx: Arc<Ctx>) {
 
 /// 6c. Two watchers of one service both see every change.
 pub async fn two_watchers_see_every_change(ctx: Arc<Ctx>) {
-    if !ctx.caps.watch {
-        return;
-    }
     let service = ctx.service("watch-two");
     let mut watchers = vec![
         ctx.registry.watch(&service).await.expect("watch 1"),
@@ -250,9 +336,6 @@ pub async fn two_watchers_see_every_change(ctx: Arc<Ctx>) {
 /// 6d. A watcher of another service sees nothing of this one's changes: the next list it
 ///     delivers is its own service's first change.
 pub async fn watcher_of_other_service_sees_nothing(ctx: Arc<Ctx>) {
-    if !ctx.caps.watch {
-        return;
-    }
     // The quiet name is a prefix of the busy one: a prefix scan without a trailing separator
     // would read the busy service's changes.
     let quiet = ctx.service("watch-busy");
@@ -281,9 +364,6 @@ pub async fn watcher_of_other_service_sees_nothing(ctx: Arc<Ctx>) {
 
 /// 6e. After `stop()`, `next()` fails with a typed error at once.
 pub async fn watch_stop(ctx: Arc<Ctx>) {
-    if !ctx.caps.watch {
-        return;
-    }
     let service = ctx.service("watch-stop");
     let mut watcher = ctx.registry.watch(&service).await.expect("watch");
     next_within(&mut watcher, ctx.deadline(), "first list").await;
@@ -297,9 +377,6 @@ pub async fn watch_stop(ctx: Arc<Ctx>) {
 /// 7. An instance registered with a short TTL is still listed after three TTLs while its
 ///    owner lives.
 pub async fn keep_alive(ctx: Arc<Ctx>) {
-    if !ctx.caps.ttl_expiry {
-        return;
-    }
     let owner = registry::connect(&ctx.short_ttl_url())
         .await
         .expect("connect with short TTL");
@@ -412,9 +489,6 @@ fn owner_bin(ctx: &Ctx) -> PathBuf {
 ///    backends use an owner process killed with SIGKILL; in-process ones an owner handle
 ///    dropped without deregistering.
 pub async fn crash_expiry(ctx: Arc<Ctx>) {
-    if !ctx.caps.ttl_expiry {
-        return;
-    }
     let service = ctx.service("crash");
     let instance = ctx.instance(&service, "doomed");
     ctx.remember(&instance);
@@ -480,6 +554,13 @@ pub async fn crash_expiry(ctx: Arc<Ctx>) {
         |l| l.is_empty(),
     )
     .await;
+    // A client connected after the crash knows nothing of the instance either.
+    let fresh = ctx.connect().await;
+    let list = fresh.get_service(&service).await.expect("get_service");
+    assert!(
+        list.is_empty(),
+        "a fresh client lists the crashed owner's instance: {list:?}"
+    );
 }
 
 /// 8b. A graceful deregister by the owner removes its instance at once (well inside the TTL).
@@ -627,9 +708,6 @@ pub async fn bad_input_is_refused(ctx: Arc<Ctx>) {
 ///     within the TTL plus the slack, counted from the freeze; thawed, it registers again by itself and is listed
 ///     again, seen by the same watcher (cross-process backends with TTL expiry).
 pub async fn paused_owner_leaves_and_returns(ctx: Arc<Ctx>) {
-    if !(ctx.caps.ttl_expiry && ctx.caps.cross_process) {
-        return;
-    }
     let service = ctx.service("paused");
     let instance = ctx.instance(&service, "sleepy");
     ctx.remember(&instance);
@@ -661,6 +739,503 @@ pub async fn paused_owner_leaves_and_returns(ctx: Arc<Ctx>) {
         l == [instance.clone()]
     })
     .await;
+    let fresh = ctx.connect().await;
+    list_until(
+        fresh.as_ref(),
+        &service,
+        ctx.deadline(),
+        "a fresh client lists the thawed owner's instance",
+        |l| l == [instance.clone()],
+    )
+    .await;
     owner.deregister().await;
     owner.kill().await;
+}
+
+/// How long the final truth may take to show once a broken server answers again: the
+/// re-registration back-off, a new session, the watch's reconnection.
+pub const RECOVERY: Duration = Duration::from_secs(30);
+
+/// What happens to the server (or to the registration on it) in a fault case.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Fault {
+    /// Killed and started again with its data.
+    Restart,
+    /// Killed, its data deleted, started again empty.
+    Wipe,
+    /// Frozen (SIGSTOP) for twice the short TTL, then thawed.
+    PausePastTtl,
+    /// The registration deleted with the server's raw client.
+    DeleteOutside,
+}
+
+/// A registration lives through `fault`: afterwards it is back (or never left), listed
+/// exactly once with its latest value, seen through a client connected after the fault and
+/// through a watcher created before it, which also follows a change made after recovery.
+async fn survives(ctx: Arc<Ctx>, fault: Fault) {
+    let service = ctx.service("fault");
+    let owner = ctx.connect_short_ttl().await;
+    let first = ctx.instance(&service, "a");
+    owner.register(&first).await.expect("register");
+    // The latest value is an update: a re-registration must write this one, not the first.
+    let mut latest = first.clone();
+    latest.metadata.insert("case".into(), "latest".into());
+    latest.version = "v1.0.1".into();
+    owner.register(&latest).await.expect("update");
+    let mut watcher = ctx.registry.watch(&service).await.expect("watch");
+    watcher_reaches(&mut watcher, std::slice::from_ref(&latest), ctx.deadline()).await;
+
+    match fault {
+        Fault::Restart => ctx.server().await.restart().await,
+        Fault::Wipe => ctx.server().await.wipe().await,
+        Fault::PausePastTtl => {
+            let mut server = ctx.server().await;
+            server.pause().await;
+            // The fault itself: the server frozen for longer than the registration's TTL.
+            tokio::time::sleep(ctx.target.short_ttl * 2 + Duration::from_millis(500)).await;
+            server.resume().await;
+        }
+        Fault::DeleteOutside => ctx.delete_outside(&latest).await,
+    }
+
+    // The registration is back (or never left), seen by a client that knows nothing of it.
+    let fresh = ctx.connect().await;
+    list_until(
+        fresh.as_ref(),
+        &service,
+        RECOVERY,
+        "the registration is back, once, with its latest value, for a fresh client",
+        |l| l == [latest.clone()],
+    )
+    .await;
+
+    // The watcher from before the fault still follows: a change made after recovery shows
+    // it the whole list after the fault.
+    let other = ctx.instance(&service, "b");
+    fresh
+        .register(&other)
+        .await
+        .expect("register after the fault");
+    watcher_reaches(&mut watcher, &[latest.clone(), other.clone()], RECOVERY).await;
+    fresh
+        .deregister(&other)
+        .await
+        .expect("deregister after the fault");
+    watcher_reaches(&mut watcher, std::slice::from_ref(&latest), RECOVERY).await;
+
+    // The owner still holds it, and says so.
+    let mut status = owner
+        .registration(&latest.name, &latest.id)
+        .expect("the owner still holds the registration after the fault");
+    within(
+        RECOVERY,
+        "the owner's registration reports Registered",
+        status.wait_for(RegistrationState::is_registered),
+    )
+    .await
+    .expect("the registration ended");
+
+    // Its deregister removes it for everyone.
+    owner.deregister(&latest).await.expect("deregister");
+    watcher_reaches(&mut watcher, &[], RECOVERY).await;
+    list_until(
+        fresh.as_ref(),
+        &service,
+        ctx.deadline(),
+        "the deregistered instance leaves a fresh client",
+        |l| l.is_empty(),
+    )
+    .await;
+}
+
+/// 11a. The server killed and restarted with its data: the registration is there afterwards,
+///      once, with its latest value (through a fresh client and a watcher from before).
+pub async fn server_restarted_with_its_data(ctx: Arc<Ctx>) {
+    survives(ctx, Fault::Restart).await;
+}
+
+/// 11b. The server restarted with its data wiped: the owner writes its registration again.
+pub async fn server_wiped(ctx: Arc<Ctx>) {
+    survives(ctx, Fault::Wipe).await;
+}
+
+/// 11c. The server frozen for longer than the TTL: afterwards the registration is there,
+///      written again if it expired.
+pub async fn server_paused_past_the_ttl(ctx: Arc<Ctx>) {
+    survives(ctx, Fault::PausePastTtl).await;
+}
+
+/// 11d. The registration deleted behind the owner's back with the server's raw client: the
+///      owner writes it again.
+pub async fn deleted_from_outside(ctx: Arc<Ctx>) {
+    survives(ctx, Fault::DeleteOutside).await;
+}
+
+/// Awaits `future`, failing the case with `what` after `limit`.
+async fn within<T>(limit: Duration, what: &str, future: impl std::future::Future<Output = T>) -> T {
+    tokio::time::timeout(limit, future)
+        .await
+        .unwrap_or_else(|_| panic!("{what}: not within {limit:?}"))
+}
+
+/// Checks `get_service(service)` through `registry` every 100 ms for `window`, failing the
+/// case with `what` the first time `check` does not hold.
+async fn list_holds(
+    registry: &dyn Registry,
+    service: &str,
+    window: Duration,
+    what: &str,
+    check: impl Fn(&[ServiceInstance]) -> bool,
+) {
+    let until = tokio::time::Instant::now() + window;
+    while tokio::time::Instant::now() < until {
+        let list = registry
+            .get_service(service)
+            .await
+            .unwrap_or_else(|e| panic!("{what}: get_service {service}: {e}"));
+        assert!(check(&list), "{what}: {list:#?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// 12. The registration's state follows a server that loses it: wiped, the state passes
+///     through `Lost` and comes back to `Registered`, and the instance is listed again.
+///     (A restart that keeps the data does not lose a registration on every backend: etcd
+///     keeps the lease; a wipe loses it everywhere.)
+pub async fn state_follows_a_server_wipe(ctx: Arc<Ctx>) {
+    let service = ctx.service("state");
+    let owner = ctx.connect_short_ttl().await;
+    let instance = ctx.instance(&service, "a");
+    owner.register(&instance).await.expect("register");
+    let mut status = owner
+        .registration(&service, &instance.id)
+        .expect("a registered instance is held by its handle");
+    within(
+        ctx.deadline(),
+        "Registered after register",
+        status.wait_for(RegistrationState::is_registered),
+    )
+    .await
+    .expect("the registration ended");
+
+    // Every state seen from now on, in order.
+    let seen = Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+    let recorder = {
+        let seen = seen.clone();
+        let mut status = status.clone();
+        tokio::spawn(async move {
+            let mut lost = false;
+            while let Some(state) = status.changed().await {
+                seen.lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .push(format!("{state:?}"));
+                lost |= state.is_lost();
+                if lost && state.is_registered() {
+                    return;
+                }
+            }
+        })
+    };
+
+    ctx.server().await.wipe().await;
+
+    let recorded = tokio::time::timeout(RECOVERY, recorder).await;
+    let states = seen.lock().unwrap_or_else(|p| p.into_inner()).clone();
+    match recorded {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => panic!("the state recorder failed: {e}; states seen: {states:?}"),
+        Err(_) => panic!(
+            "the state did not pass through Lost back to Registered within {RECOVERY:?} of the \
+             wipe; states seen: {states:?}, now {:?}",
+            status.get()
+        ),
+    }
+    assert!(
+        !states.iter().any(|s| s.starts_with("Deregistered")),
+        "a lost registration is written again, never given up: {states:?}"
+    );
+
+    let fresh = ctx.connect().await;
+    list_until(
+        fresh.as_ref(),
+        &service,
+        RECOVERY,
+        "listed again after the wipe",
+        |l| l == [instance.clone()],
+    )
+    .await;
+    owner.deregister(&instance).await.expect("deregister");
+    assert!(
+        matches!(status.get(), RegistrationState::Deregistered),
+        "Deregistered once deregister returned: {:?}",
+        status.get()
+    );
+    assert!(owner.registration(&service, &instance.id).is_none());
+}
+
+/// 13. Many register and deregister calls of one id from several tasks at once, then one
+///     last call: the registry ends in the state of the last call, seen through a fresh
+///     client, and the handle's `registration` agrees.
+pub async fn concurrent_register_and_deregister_end_with_the_last_call(ctx: Arc<Ctx>) {
+    let service = ctx.service("storm");
+    let handle = ctx.connect().await;
+    let base = ctx.instance(&service, "x");
+    let fresh = ctx.connect().await;
+    for last_is_register in [true, false, true] {
+        let storm: Vec<_> = (0..4)
+            .map(|task| {
+                let handle = handle.clone();
+                let base = base.clone();
+                tokio::spawn(async move {
+                    for call in 0..10 {
+                        let mut value = base.clone();
+                        value
+                            .metadata
+                            .insert("call".into(), format!("{task}-{call}"));
+                        let result = if (task + call) % 2 == 0 {
+                            handle.register(&value).await
+                        } else {
+                            handle.deregister(&value).await
+                        };
+                        if let Err(e) = result {
+                            panic!("call {task}-{call} failed: {e}");
+                        }
+                    }
+                })
+            })
+            .collect();
+        for task in futures::future::join_all(storm).await {
+            if let Err(e) = task {
+                std::panic::resume_unwind(e.into_panic());
+            }
+        }
+
+        let mut last = base.clone();
+        last.metadata.insert("call".into(), "last".into());
+        if last_is_register {
+            handle.register(&last).await.expect("the last register");
+            list_until(
+                fresh.as_ref(),
+                &service,
+                ctx.deadline(),
+                "the last register's value, once",
+                |l| l == [last.clone()],
+            )
+            .await;
+            let mut status = handle
+                .registration(&service, &last.id)
+                .expect("the handle holds the registration of its last register");
+            within(
+                ctx.deadline(),
+                "Registered after the last register",
+                status.wait_for(RegistrationState::is_registered),
+            )
+            .await
+            .expect("the registration ended");
+            // No call of the storm lands after the last one.
+            list_holds(
+                fresh.as_ref(),
+                &service,
+                Duration::from_secs(1),
+                "the last register's value stays",
+                |l| l == [last.clone()],
+            )
+            .await;
+        } else {
+            handle.deregister(&last).await.expect("the last deregister");
+            list_until(
+                fresh.as_ref(),
+                &service,
+                ctx.deadline(),
+                "nothing after the last deregister",
+                |l| l.is_empty(),
+            )
+            .await;
+            assert!(
+                handle.registration(&service, &last.id).is_none(),
+                "the handle holds nothing after its last deregister"
+            );
+            list_holds(
+                fresh.as_ref(),
+                &service,
+                Duration::from_secs(1),
+                "nothing comes back after the last deregister",
+                |l| l.is_empty(),
+            )
+            .await;
+        }
+    }
+    handle.close().await.expect("close");
+}
+
+/// 14. A handle cannot deregister an instance another handle registered: the call fails with
+///     `Error::NotOwned` and the instance stays listed. Deregistering an instance listed
+///     nowhere succeeds.
+pub async fn deregister_of_another_owners_instance_is_refused(ctx: Arc<Ctx>) {
+    let service = ctx.service("owned");
+    let owner = ctx.connect().await;
+    let other = ctx.connect().await;
+    let instance = ctx.instance(&service, "x");
+    owner.register(&instance).await.expect("register");
+    ctx.list_until(&service, ctx.deadline(), "listed", |l| {
+        l == [instance.clone()]
+    })
+    .await;
+
+    match other.deregister(&instance).await {
+        Err(Error::NotOwned { name, id }) => {
+            assert_eq!(
+                (name.as_str(), id.as_str()),
+                (service.as_str(), instance.id.as_str())
+            );
+        }
+        other => {
+            panic!("deregister of another owner's instance must fail with NotOwned: {other:?}")
+        }
+    }
+    assert_eq!(
+        ctx.list(&service).await,
+        vec![instance.clone()],
+        "the refused deregister changed nothing"
+    );
+    let fresh = ctx.connect().await;
+    assert_eq!(
+        fresh.get_service(&service).await.expect("get_service"),
+        vec![instance.clone()],
+        "a fresh client still lists it"
+    );
+    assert!(other.registration(&service, &instance.id).is_none());
+    assert!(owner.registration(&service, &instance.id).is_some());
+
+    let nowhere = ctx.instance(&service, "nowhere");
+    other
+        .deregister(&nowhere)
+        .await
+        .expect("deregistering an instance listed nowhere succeeds");
+
+    owner
+        .deregister(&instance)
+        .await
+        .expect("the owner deregisters");
+    ctx.list_until(&service, PROMPT, "the owner's deregister", |l| l.is_empty())
+        .await;
+}
+
+/// 15. `close()` deregisters everything its handle registered: all gone from a fresh client
+///     within 2 s; the handle holds nothing and refuses to register.
+pub async fn close_deregisters_everything(ctx: Arc<Ctx>) {
+    let service = ctx.service("close");
+    let handle = ctx.connect().await;
+    let instances: Vec<_> = ["a", "b", "c"]
+        .iter()
+        .map(|id| ctx.instance(&service, id))
+        .collect();
+    for instance in &instances {
+        handle.register(instance).await.expect("register");
+    }
+    ctx.list_until(&service, ctx.deadline(), "all three listed", |l| {
+        l == instances.as_slice()
+    })
+    .await;
+
+    handle.close().await.expect("close");
+    let fresh = ctx.connect().await;
+    list_until(
+        fresh.as_ref(),
+        &service,
+        PROMPT,
+        "a closed handle's instances leave a fresh client",
+        |l| l.is_empty(),
+    )
+    .await;
+    for instance in &instances {
+        assert!(
+            handle.registration(&service, &instance.id).is_none(),
+            "a closed handle holds nothing"
+        );
+    }
+    match handle.register(&instances[0]).await {
+        Err(Error::Closed) => {}
+        other => panic!("register after close must fail with Closed: {other:?}"),
+    }
+}
+
+/// 16. A `register` future dropped at any point leaves either nothing (not listed, and
+///     `registration` is `None`) or a registration the handle holds (listed, `registration`
+///     is `Some`), which `deregister` and `close` remove. Never listed but untracked.
+pub async fn dropped_register_leaves_nothing_or_a_tracked_registration(ctx: Arc<Ctx>) {
+    let service = ctx.service("dropped");
+    let handle = ctx.connect().await;
+    let delays_ms = [0u64, 1, 2, 5, 10, 20, 50, 100, 200];
+    let mut tracked = Vec::new();
+    for (n, delay) in delays_ms.iter().enumerate() {
+        let instance = ctx.instance(&service, &format!("d{n}"));
+        let finished =
+            tokio::time::timeout(Duration::from_millis(*delay), handle.register(&instance)).await;
+        let held = handle.registration(&service, &instance.id).is_some();
+        if let Ok(result) = finished {
+            result.unwrap_or_else(|e| panic!("register {}: {e}", instance.id));
+            assert!(held, "a finished register is held by its handle");
+        }
+        tracked.push((instance, held));
+    }
+
+    // The held ones show up; the others never do.
+    let fresh = ctx.connect().await;
+    let held: Vec<ServiceInstance> = tracked
+        .iter()
+        .filter(|(_, held)| *held)
+        .map(|(i, _)| i.clone())
+        .collect();
+    let untracked: Vec<String> = tracked
+        .iter()
+        .filter(|(_, held)| !*held)
+        .map(|(i, _)| i.id.clone())
+        .collect();
+    let never_untracked = |l: &[ServiceInstance]| !l.iter().any(|i| untracked.contains(&i.id));
+    list_until(
+        fresh.as_ref(),
+        &service,
+        ctx.deadline(),
+        "exactly the held registrations listed",
+        |l| {
+            assert!(
+                never_untracked(l),
+                "a dropped register that the handle does not hold was written: {l:#?}"
+            );
+            l == held.as_slice()
+        },
+    )
+    .await;
+    list_holds(
+        fresh.as_ref(),
+        &service,
+        Duration::from_secs(2),
+        "a dropped register that the handle does not hold is never written",
+        |l| l == held.as_slice(),
+    )
+    .await;
+    for (instance, was_held) in &tracked {
+        assert_eq!(
+            handle.registration(&service, &instance.id).is_some(),
+            *was_held,
+            "{}: held after the drop, held now",
+            instance.id
+        );
+    }
+
+    // Half go by deregister, the rest by close.
+    for instance in held.iter().step_by(2) {
+        handle.deregister(instance).await.expect("deregister");
+        assert!(handle.registration(&service, &instance.id).is_none());
+    }
+    handle.close().await.expect("close");
+    list_until(
+        fresh.as_ref(),
+        &service,
+        PROMPT,
+        "nothing left after deregister and close",
+        |l| l.is_empty(),
+    )
+    .await;
 }

@@ -1,56 +1,80 @@
 //! The conformance suite: one set of behaviour cases that every registry backend must pass
 //! against a real server.
 //!
-//! The cases are plain public async functions in [`cases`], each taking a [`Ctx`]: a
-//! connection to the backend under test with a namespace and service names of its own, so
-//! runs never collide, and a cleanup that runs even when a case fails. A backend is added to
-//! the suite with one line:
+//! Cases are data ([`Case`]): a name, what they need ([`Needs`]: capabilities, control of a
+//! server of their own, an owner process, a way to delete a registration behind the
+//! backend's back), and an async function over a [`Ctx`]. A backend is a [`Target`]; the
+//! harness ([`run`]) runs every case against every target as one trial named
+//! `{backend}::{case}`, each in a Tokio runtime of its own, and reports a case the backend
+//! does not claim as *ignored*, never as passed. Adding a backend is one line in the list of
+//! targets:
 //!
 //! ```text
-//! conformance_tests::conformance_suite!(
-//!     memory,
-//!     Target::new("memory", |run| format!("memory://conformance-{run}"))
-//! );
+//! Target::new("memory", |run| format!("memory://conformance-{run}")),
 //! ```
 //!
-//! which expands to one `#[tokio::test]` per case. An unreachable server fails the case; a
-//! case the backend's [`registry::Capabilities`] do not claim passes trivially only where the
-//! capability is off, never because a server was missing.
-//!
-//! Out-of-tree backends can call [`cases`] themselves with a [`Target`] of their own.
+//! An unreachable server fails the case: nothing is skipped because a server was missing.
+//! Out-of-tree backends can run [`cases()`] with a [`Target`] of their own.
 
+use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use futures::future::{BoxFuture, LocalBoxFuture};
 use registry::{Capabilities, Registry, ServiceInstance};
 
 pub mod cases;
+pub mod hooks;
+
+pub use test_support::ServerControl;
 
 /// How long a change may take to show in `get_service` or a watcher, on top of a backend's
 /// [`Capabilities::expiry_slack`].
 pub const PROPAGATION: Duration = Duration::from_secs(10);
 
+/// Starts a server of one case's own and returns its control and the registry URL of the
+/// case on it (given the run id, as [`Target::url`]).
+pub type StartServer = fn(run: String) -> BoxFuture<'static, PrivateServer>;
+
+/// Deletes the registration of an instance behind the backend's back, with the server's raw
+/// client, given the case's registry URL.
+pub type DeleteOutside =
+    fn(url: String, instance: ServiceInstance) -> BoxFuture<'static, Result<(), String>>;
+
+/// A server of one case's own, started by a [`StartServer`] hook.
+pub struct PrivateServer {
+    /// Stops, starts, restarts, wipes, pauses and resumes the server.
+    pub control: Box<dyn ServerControl>,
+    /// The registry URL of the case on this server (without the short TTL, which
+    /// [`Ctx::short_ttl_url`] adds).
+    pub url: String,
+}
+
 /// The backend under test.
 #[derive(Debug, Clone)]
 pub struct Target {
-    /// The backend's scheme, for messages.
+    /// The backend's scheme, for messages and trial names.
     pub backend: &'static str,
     /// Builds the registry URL of one run from a run id unique to it (put the id in the
     /// namespace or store name, so runs never see each other).
     pub url: fn(run: &str) -> String,
-    /// The short TTL the keep-alive and crash cases register with.
+    /// The short TTL the keep-alive, crash and fault cases register with.
     pub short_ttl: Duration,
     /// The URL query key that sets the TTL (`ttl` unless the backend names it otherwise;
     /// empty for a backend whose expiry is not set by the client, such as Nacos').
     pub ttl_param: &'static str,
-    /// The owner helper binary (`registry-owner` of this crate), for the crash case of
-    /// backends whose registrations are visible across processes.
+    /// The owner helper binary (`registry-owner` of this crate), for the owner-process cases
+    /// of backends whose registrations are visible across processes.
     pub owner_bin: Option<PathBuf>,
+    /// Starts a server of a case's own, for the cases that break their server.
+    pub server: Option<StartServer>,
+    /// Deletes a registration behind the backend's back.
+    pub delete_outside: Option<DeleteOutside>,
 }
 
 impl Target {
-    /// A target with a short TTL of 2 s and the `ttl` URL option.
+    /// A target with a short TTL of 2 s, the `ttl` URL option, and no hooks.
     pub fn new(backend: &'static str, url: fn(run: &str) -> String) -> Self {
         Target {
             backend,
@@ -58,6 +82,8 @@ impl Target {
             short_ttl: Duration::from_secs(2),
             ttl_param: "ttl",
             owner_bin: None,
+            server: None,
+            delete_outside: None,
         }
     }
 
@@ -78,7 +104,106 @@ impl Target {
         self.owner_bin = Some(path.into());
         self
     }
+
+    /// Sets the hook that starts a server of a case's own.
+    pub fn server(mut self, start: StartServer) -> Self {
+        self.server = Some(start);
+        self
+    }
+
+    /// Sets the hook that deletes a registration behind the backend's back.
+    pub fn delete_outside(mut self, delete: DeleteOutside) -> Self {
+        self.delete_outside = Some(delete);
+        self
+    }
 }
+
+/// What a case needs of a target; a target lacking any of it reports the case ignored.
+#[derive(Debug, Clone, Copy)]
+pub struct Needs {
+    /// The capabilities the case relies on.
+    pub caps: fn(&Capabilities) -> bool,
+    /// A server of the case's own that it can stop, wipe, pause ([`Target::server`]).
+    pub server_control: bool,
+    /// An owner process whose registrations the case's own handles see: a cross-process
+    /// backend and [`Target::owner_bin`].
+    pub owner_process: bool,
+    /// A way to delete a registration behind the backend's back ([`Target::delete_outside`]).
+    pub delete_outside: bool,
+}
+
+impl Needs {
+    /// Needs the capabilities `caps` claims, and nothing else.
+    pub const fn caps(caps: fn(&Capabilities) -> bool) -> Needs {
+        Needs {
+            caps,
+            server_control: false,
+            owner_process: false,
+            delete_outside: false,
+        }
+    }
+
+    /// Needs nothing: every backend runs it.
+    pub const fn nothing() -> Needs {
+        Needs::caps(|_| true)
+    }
+
+    /// Also needs a server of the case's own.
+    pub const fn with_server_control(mut self) -> Needs {
+        self.server_control = true;
+        self
+    }
+
+    /// Also needs an owner process.
+    pub const fn with_owner_process(mut self) -> Needs {
+        self.owner_process = true;
+        self
+    }
+
+    /// Also needs the delete-from-outside hook.
+    pub const fn with_delete_outside(mut self) -> Needs {
+        self.delete_outside = true;
+        self
+    }
+
+    /// Why `target`, with `caps`, does not claim a case with these needs; `None` when it
+    /// does.
+    pub fn unmet(&self, target: &Target, caps: &Capabilities) -> Option<&'static str> {
+        if !(self.caps)(caps) {
+            Some("capabilities")
+        } else if self.server_control && target.server.is_none() {
+            Some("server control")
+        } else if self.owner_process && !(caps.cross_process && target.owner_bin.is_some()) {
+            Some("owner process")
+        } else if self.delete_outside && target.delete_outside.is_none() {
+            Some("delete from outside")
+        } else {
+            None
+        }
+    }
+}
+
+/// The async function of a case.
+pub type CaseFn = fn(Arc<Ctx>) -> LocalBoxFuture<'static, ()>;
+
+/// One case of the suite.
+#[derive(Clone, Copy)]
+pub struct Case {
+    /// Its name, the second half of the trial name `{backend}::{case}`.
+    pub name: &'static str,
+    /// What it needs of a target.
+    pub needs: Needs,
+    /// What it does.
+    pub run: CaseFn,
+}
+
+impl std::fmt::Debug for Case {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Case").field("name", &self.name).finish()
+    }
+}
+
+pub use cases::cases;
 
 /// One case's connection to the backend under test.
 pub struct Ctx {
@@ -86,45 +211,67 @@ pub struct Ctx {
     pub target: Target,
     /// The id of this run, part of every URL and service name it uses.
     pub run: String,
-    /// The registry under test.
+    /// The registry under test, connected to [`Ctx::url`].
     pub registry: Arc<dyn Registry>,
     /// Its capabilities.
     pub caps: Capabilities,
+    url: String,
+    server: Option<tokio::sync::Mutex<Box<dyn ServerControl>>>,
     registered: Mutex<Vec<ServiceInstance>>,
     /// The port pair given to each (service, id), so that instances never share an address.
-    ports: Mutex<std::collections::HashMap<(String, String), u16>>,
+    ports: Mutex<HashMap<(String, String), u16>>,
 }
 
 impl Ctx {
-    /// Connects to the target with a fresh run id. Panics (fails the case) when the registry
-    /// cannot be reached: a missing server is a failure, never a skip.
+    /// Connects to the target's shared server with a fresh run id. Panics (fails the case)
+    /// when the registry cannot be reached: a missing server is a failure, never a skip.
     pub async fn new(target: Target) -> Ctx {
-        init_logging();
         let run = run_id();
         let url = (target.url)(&run);
-        let registry = registry::connect(&url).await.unwrap_or_else(|e| {
+        Self::connect_to(target, run, url, None).await
+    }
+
+    /// Starts a server of the case's own with the target's [`Target::server`] hook and
+    /// connects to it.
+    pub async fn with_private_server(target: Target) -> Ctx {
+        let start = target.server.unwrap_or_else(|| {
             panic!(
-                "cannot connect to the {} registry at {url}: {e} (is the server up? run scripts/backends up)",
+                "the {} target has no server hook (Target::server)",
                 target.backend
             )
         });
+        let run = run_id();
+        let server = start(run.clone()).await;
+        Self::connect_to(target, run, server.url, Some(server.control)).await
+    }
+
+    async fn connect_to(
+        target: Target,
+        run: String,
+        url: String,
+        server: Option<Box<dyn ServerControl>>,
+    ) -> Ctx {
+        init_logging();
+        let registry = connect(target.backend, &url).await;
         let caps = registry.capabilities();
         Ctx {
             target,
             run,
             registry,
             caps,
+            url,
+            server: server.map(tokio::sync::Mutex::new),
             registered: Mutex::default(),
             ports: Mutex::default(),
         }
     }
 
-    /// The URL of this run.
+    /// The registry URL of this case (on the shared server or on the case's own).
     pub fn url(&self) -> String {
-        (self.target.url)(&self.run)
+        self.url.clone()
     }
 
-    /// The URL of this run with the short TTL (the URL itself when the backend takes none).
+    /// The URL of this case with the short TTL (the URL itself when the backend takes none).
     pub fn short_ttl_url(&self) -> String {
         let url = self.url();
         if self.target.ttl_param.is_empty() {
@@ -133,6 +280,41 @@ impl Ctx {
         let sep = if url.contains('?') { '&' } else { '?' };
         let ttl = self.target.short_ttl;
         format!("{url}{sep}{}={}ms", self.target.ttl_param, ttl.as_millis())
+    }
+
+    /// A new handle on this case's registry ([`Ctx::url`]): another connection, another
+    /// owner.
+    pub async fn connect(&self) -> Arc<dyn Registry> {
+        connect(self.target.backend, &self.url).await
+    }
+
+    /// A new handle with the short TTL ([`Ctx::short_ttl_url`]).
+    pub async fn connect_short_ttl(&self) -> Arc<dyn Registry> {
+        connect(self.target.backend, &self.short_ttl_url()).await
+    }
+
+    /// The case's own server. Panics when the case runs on the shared server (its [`Needs`]
+    /// lack `server_control`).
+    pub async fn server(&self) -> tokio::sync::MutexGuard<'_, Box<dyn ServerControl>> {
+        self.server
+            .as_ref()
+            .expect("the case declares Needs::with_server_control")
+            .lock()
+            .await
+    }
+
+    /// Deletes the registration of `instance` behind the backend's back, with the server's
+    /// raw client ([`Target::delete_outside`]).
+    pub async fn delete_outside(&self, instance: &ServiceInstance) {
+        let delete = self
+            .target
+            .delete_outside
+            .expect("the case declares Needs::with_delete_outside");
+        delete(self.url(), instance.clone())
+            .await
+            .unwrap_or_else(|e| {
+                panic!("delete {}/{} from outside: {e}", instance.name, instance.id)
+            });
     }
 
     /// A service name unique to this run that starts like `base` does after the run prefix:
@@ -214,47 +396,162 @@ impl Ctx {
         what: &str,
         check: impl Fn(&[ServiceInstance]) -> bool,
     ) -> Vec<ServiceInstance> {
-        let deadline = tokio::time::Instant::now() + within;
-        loop {
-            let list = self.list(service).await;
-            if check(&list) {
-                return list;
-            }
-            if tokio::time::Instant::now() >= deadline {
-                panic!("{what}: not seen within {within:?}; last list: {list:#?}");
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        list_until(self.registry.as_ref(), service, within, what, check).await
     }
 
-    /// Deregisters everything this case registered (errors are logged, not raised).
+    /// Deregisters everything this case registered through [`Ctx::registry`] and closes it
+    /// (errors are logged, not raised; instances other handles own are theirs to remove).
     pub async fn cleanup(&self) {
         let registered =
             std::mem::take(&mut *self.registered.lock().unwrap_or_else(|p| p.into_inner()));
         for instance in registered {
             if let Err(e) = self.registry.deregister(&instance).await {
-                tracing::warn!(%e, id = %instance.id, "cleanup: deregister failed");
+                tracing::debug!(%e, id = %instance.id, "cleanup: deregister failed");
             }
+        }
+        if let Err(e) = self.registry.close().await {
+            tracing::debug!(%e, "cleanup: close failed");
         }
     }
 }
 
-/// Runs one case: connects, runs it, cleans up whether it passed or not, then re-raises a
-/// failure. The [`conformance_suite!`] macro calls this.
-pub async fn run_case<F, Fut>(target: Target, case: F)
-where
-    F: FnOnce(Arc<Ctx>) -> Fut,
-    Fut: std::future::Future<Output = ()>,
-{
+/// Connects to `url`, failing the case with a message that names the backend.
+async fn connect(backend: &str, url: &str) -> Arc<dyn Registry> {
+    registry::connect(url).await.unwrap_or_else(|e| {
+        panic!(
+            "cannot connect to the {backend} registry at {url}: {e} (is the server up? run scripts/backends up)"
+        )
+    })
+}
+
+/// Polls `registry.get_service(service)` until `check` holds, failing the case with `what`
+/// when `within` passes first. Returns the list that satisfied it.
+pub async fn list_until(
+    registry: &dyn Registry,
+    service: &str,
+    within: Duration,
+    what: &str,
+    check: impl Fn(&[ServiceInstance]) -> bool,
+) -> Vec<ServiceInstance> {
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        let list = registry
+            .get_service(service)
+            .await
+            .unwrap_or_else(|e| panic!("{what}: get_service {service}: {e}"));
+        if check(&list) {
+            return list;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            panic!("{what}: not seen within {within:?}; last list: {list:#?}");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Runs one case against `target`: connects (to a server of the case's own when the case
+/// needs server control), runs it, cleans up whether it passed or not, then re-raises a
+/// failure.
+pub async fn run_case(target: Target, case: &Case) {
     use futures::FutureExt;
-    let ctx = Arc::new(Ctx::new(target).await);
-    let outcome = std::panic::AssertUnwindSafe(case(ctx.clone()))
+    let ctx = Arc::new(if case.needs.server_control {
+        Ctx::with_private_server(target).await
+    } else {
+        Ctx::new(target).await
+    });
+    let outcome = std::panic::AssertUnwindSafe((case.run)(ctx.clone()))
         .catch_unwind()
         .await;
     ctx.cleanup().await;
     if let Err(panic) = outcome {
         std::panic::resume_unwind(panic);
     }
+}
+
+/// The harness: runs every case of [`cases()`] against every target, one libtest-mimic
+/// trial `{backend}::{case}` each, and exits with the outcome. Command-line arguments are
+/// libtest's (a filter, `--exact`, `--skip`, `--ignored`, `--list`, `--test-threads`).
+///
+/// A target's capabilities are read once, from a connection to its shared server, before
+/// the trials run; a case they (or the target's hooks) do not claim is reported ignored. A
+/// target that cannot be reached fails every case it would have run.
+///
+/// `owner_bin` is the `registry-owner` helper, for targets that name none of their own
+/// (`env!("CARGO_BIN_EXE_registry-owner")` in this crate's tests).
+pub fn run(owner_bin: Option<&str>, targets: Vec<Target>) -> ! {
+    let args = libtest_mimic::Arguments::from_args();
+    let cases = cases();
+    let mut trials = Vec::new();
+    for mut target in targets {
+        if target.owner_bin.is_none() {
+            target.owner_bin = owner_bin.map(PathBuf::from);
+        }
+        let name = |case: &Case| format!("{}::{}", target.backend, case.name);
+        // Read the capabilities only of targets with a trial to run.
+        let wanted = !args.list
+            && cases.iter().any(|case| {
+                !args.is_filtered_out(&libtest_mimic::Trial::test(name(case), || Ok(())))
+            });
+        let caps = if wanted { Some(probe(&target)) } else { None };
+        for case in &cases {
+            let ignored = match &caps {
+                Some(Ok(caps)) => case.needs.unmet(&target, caps).is_some(),
+                _ => false,
+            };
+            let (target, case) = (target.clone(), *case);
+            let probe_error = match &caps {
+                Some(Err(e)) => Some(e.clone()),
+                _ => None,
+            };
+            trials.push(
+                libtest_mimic::Trial::test(name(&case), move || {
+                    if let Some(e) = probe_error {
+                        return Err(e.into());
+                    }
+                    run_trial(target, case)
+                })
+                .with_ignored_flag(ignored),
+            );
+        }
+    }
+    libtest_mimic::run(&args, trials).exit()
+}
+
+/// Runs one trial in a Tokio runtime of its own (2 workers).
+fn run_trial(target: Target, case: Case) -> Result<(), libtest_mimic::Failed> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .map_err(|e| format!("cannot build a Tokio runtime: {e}"))?;
+    runtime.block_on(run_case(target, &case));
+    // Background tasks of the case's handles end with the runtime.
+    runtime.shutdown_timeout(Duration::from_secs(5));
+    Ok(())
+}
+
+/// The capabilities of `target`, read through a connection to its shared server.
+fn probe(target: &Target) -> Result<Capabilities, String> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .map_err(|e| format!("cannot build a Tokio runtime: {e}"))?;
+    let url = (target.url)(&run_id());
+    let caps = runtime.block_on(async {
+        let registry = registry::connect(&url).await.map_err(|e| {
+            format!(
+                "cannot connect to the {} registry at {url}: {e} (is the server up? run scripts/backends up; \
+                 is the backend's feature on? the suite needs every backend: `full`)",
+                target.backend
+            )
+        })?;
+        let caps = registry.capabilities();
+        drop(registry);
+        Ok(caps)
+    });
+    runtime.shutdown_timeout(Duration::from_secs(5));
+    caps
 }
 
 fn run_id() -> String {
@@ -272,57 +569,14 @@ fn run_id() -> String {
     format!("{mixed:08x}")
 }
 
+/// Logs go to the output only when `RUST_LOG` asks for them: the harness does not capture a
+/// passing trial's output.
 fn init_logging() {
+    if std::env::var_os("RUST_LOG").is_none() {
+        return;
+    }
     let _ = tracing_subscriber::fmt()
         .with_test_writer()
         .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
         .try_init();
-}
-
-/// Expands to a module `$name` with one `#[tokio::test]` per case of [`cases`], run against
-/// `$target` (a [`Target`] expression).
-#[macro_export]
-macro_rules! conformance_suite {
-    ($name:ident, $target:expr) => {
-        mod $name {
-            #[allow(unused_imports)]
-            use super::*;
-            $crate::__conformance_cases!(
-                $target;
-                register_round_trip,
-                services_stay_apart,
-                deregister_removes,
-                reregister_replaces,
-                unknown_service_is_empty,
-                watch_starts_with_current_list,
-                watch_sees_every_change,
-                two_watchers_see_every_change,
-                watcher_of_other_service_sees_nothing,
-                watch_stop,
-                keep_alive,
-                crash_expiry,
-                paused_owner_leaves_and_returns,
-                graceful_deregister_is_prompt,
-                concurrent_fifty,
-                bad_input_is_refused
-            );
-        }
-    };
-}
-
-#[doc(hidden)]
-#[macro_export]
-macro_rules! __conformance_cases {
-    ($target:expr; $($case:ident),* $(,)?) => {
-        $(
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn $case() {
-                let mut target: $crate::Target = $target;
-                if target.owner_bin.is_none() {
-                    target.owner_bin = option_env!("CARGO_BIN_EXE_registry-owner").map(Into::into);
-                }
-                $crate::run_case(target, $crate::cases::$case).await;
-            }
-        )*
-    };
 }
