@@ -8,6 +8,7 @@ use registry_core::{Error, Result};
 use reqwest::{Method, RequestBuilder, Response, StatusCode};
 use serde::de::DeserializeOwned;
 
+use crate::error::{status_error, transport};
 use crate::format::{AgentRegistration, HealthEntry};
 use crate::{Config, SCHEME};
 
@@ -131,13 +132,11 @@ impl Client {
         self.send("register", request).await.map(drop)
     }
 
-    /// `PUT /v1/agent/service/deregister/:id`; an id the agent does not know is no error.
+    /// `PUT /v1/agent/service/deregister/:id`. (Consul 1.8 answers an id it does not know
+    /// with a 500: callers ask [`service_name`](Self::service_name) first.)
     pub(crate) async fn deregister(&self, id: &str) -> Result<()> {
         let request = self.request(Method::PUT, &format!("/v1/agent/service/deregister/{id}"));
-        match self.send("deregister", request).await {
-            Err(Error::Backend { message, .. }) if message.contains("Unknown service") => Ok(()),
-            other => other.map(drop),
-        }
+        self.send("deregister", request).await.map(drop)
     }
 
     /// The name of the service the agent holds under `id`: `GET /v1/agent/service/:id`.
@@ -211,39 +210,5 @@ impl Client {
         }
         let response = self.send("catalog services", request).await?;
         self.json("catalog services", response).await
-    }
-}
-
-fn transport(operation: &'static str, e: reqwest::Error) -> Error {
-    if e.is_timeout() {
-        Error::Unavailable {
-            message: format!("Consul {operation} timed out"),
-            source: Some(std::sync::Arc::new(e)),
-        }
-    } else {
-        Error::unavailable(format!("Consul {operation} failed"), e)
-    }
-}
-
-/// Consul answers 400 for a request it refuses, 403 without permission, 404 for an unknown
-/// service or check, 429 and 5xx when it cannot answer now (500 also for some unknown ids).
-fn status_error(operation: &'static str, status: StatusCode, body: &str) -> Error {
-    let message = format!("{operation}: {status}: {body}");
-    match status {
-        StatusCode::FORBIDDEN | StatusCode::UNAUTHORIZED => Error::PermissionDenied { message },
-        StatusCode::TOO_MANY_REQUESTS => Error::Unavailable {
-            message,
-            source: None,
-        },
-        s => Error::Backend {
-            backend: SCHEME,
-            // Consul 1.8 answers 500 for ids it does not know.
-            temporary: s.is_server_error()
-                && !body.contains("Unknown service")
-                && !body.contains("Unknown check")
-                && !body.contains("does not have associated TTL"),
-            message,
-            source: None,
-        },
     }
 }

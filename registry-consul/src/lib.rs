@@ -14,6 +14,7 @@ use registry_core::{
 
 mod client;
 mod config;
+mod error;
 mod format;
 mod source;
 mod store;

@@ -55,8 +55,9 @@ impl Store for ConsulStore {
     async fn remove(&self, instance: &ServiceInstance, _lease: Option<&()>) -> Result<()> {
         // Only this service's instance: the agent may hold the id for another one.
         match self.client.service_name(&instance.id).await? {
-            Some(held) if held != instance.name => Ok(()),
-            _ => self.client.deregister(&instance.id).await,
+            Some(held) if held == instance.name => self.client.deregister(&instance.id).await,
+            // Gone already, or the agent holds the id for another service.
+            _ => Ok(()),
         }
     }
 

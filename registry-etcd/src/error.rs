@@ -37,11 +37,11 @@ pub(crate) fn map_err(operation: &'static str, status: Status) -> Error {
     // A token that expired, or that etcd lost in a restart, is temporary: the client
     // authenticates again when etcd refuses it (as etcd's own clients do).
     let stale_token = is_stale_token(&status);
+    // etcd refuses a wrong user or password with `InvalidArgument`: any refusal of the
+    // authentication call itself is a permission error.
     let auth = !stale_token
         && (code == Code::PermissionDenied
-            || (code == Code::InvalidArgument
-                && (message.contains("authentication failed")
-                    || message.contains("user name is empty"))));
+            || (code == Code::InvalidArgument && operation == "authenticate"));
     if auth {
         Error::PermissionDenied {
             message: format!("etcd {operation}: {message}"),

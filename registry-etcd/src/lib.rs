@@ -17,8 +17,8 @@ mod config;
 mod core;
 mod error;
 mod rpc;
+mod source;
 mod store;
-mod watch;
 
 pub use config::{Config, TlsConfig};
 
@@ -122,7 +122,7 @@ impl Registrar for EtcdRegistry {
 impl Discovery for EtcdRegistry {
     async fn get_service(&self, name: &str) -> Result<Vec<ServiceInstance>> {
         validate_name(name)?;
-        let view = watch::list(&self.inner.conn, &self.prefix(name), name).await?;
+        let view = source::list(&self.inner.conn, &self.prefix(name), name).await?;
         let mut list = view.list();
         list.sort_by(|a, b| a.id.cmp(&b.id));
         Ok(list)
@@ -136,7 +136,7 @@ impl Discovery for EtcdRegistry {
         self.inner
             .hub
             .watch(name, move |publisher| {
-                watch::follow(conn, prefix, owned, publisher)
+                source::follow(conn, prefix, owned, publisher)
             })
             .await
     }
@@ -187,7 +187,7 @@ impl Registry for EtcdRegistry {
             .filter_map(|kv| {
                 let rest = kv.key.strip_prefix(namespace.as_bytes())?;
                 let name = std::str::from_utf8(rest).ok()?.split_once('/')?.0;
-                watch::decode(&kv.key, &kv.value, name).map(|i| i.name)
+                source::decode(&kv.key, &kv.value, name).map(|i| i.name)
             })
             .collect();
         names.dedup();

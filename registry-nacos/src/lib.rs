@@ -6,8 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use nacos_sdk::api::naming::{NamingService, NamingServiceBuilder};
-use nacos_sdk::api::props::ClientProps;
+use nacos_sdk::api::naming::NamingService;
 use registry_core::registration::Registrations;
 use registry_core::validate::validate_name;
 use registry_core::{
@@ -16,6 +15,7 @@ use registry_core::{
 };
 use tokio::sync::oneshot;
 
+mod client;
 mod config;
 mod error;
 mod format;
@@ -72,43 +72,7 @@ impl NacosRegistry {
         config
             .check()
             .map_err(|reason| Error::invalid("nacos config", format!("{config:?}"), reason))?;
-        let (cache_dir, cache) = match &config.cache_dir {
-            Some(dir) => (dir.clone(), None),
-            None => {
-                let dir = tempfile::Builder::new()
-                    .prefix("registry-nacos-")
-                    .tempdir()
-                    .map_err(|e| Error::unavailable("Nacos cache directory", e))?;
-                (dir.path().to_owned(), Some(dir))
-            }
-        };
-        let mut props = ClientProps::new()
-            .server_addr(config.servers.join(","))
-            .namespace(config.namespace.clone())
-            .app_name("registry-rs")
-            // The settings here win over NACOS_CLIENT_* environment variables.
-            .env_first(false)
-            // Report an empty service as empty (nacos-sdk hides it by default).
-            .naming_push_empty_protection(false)
-            .naming_load_cache_at_start(false)
-            .cache_dir(cache_dir);
-        let mut builder_auth = false;
-        if let Some((user, password)) = &config.credentials {
-            props = props
-                .auth_username(user.clone())
-                .auth_password(password.clone());
-            builder_auth = true;
-        }
-        let mut builder = NamingServiceBuilder::new(props);
-        if builder_auth {
-            builder = builder.enable_auth_plugin_http();
-        }
-        let naming = builder.build().await.map_err(|e| map_err("connect", e))?;
-        // Fail now, not at the first call, when no server answers.
-        naming
-            .get_service_list(1, 1, Some(config.group.clone()))
-            .await
-            .map_err(|e| map_err("connect", e))?;
+        let (naming, cache) = client::connect(&config).await?;
         let written = Written::default();
         let (dropped, on_drop) = oneshot::channel();
         tokio::spawn(leave_on_drop(

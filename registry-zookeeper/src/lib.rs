@@ -18,8 +18,8 @@ mod config;
 mod error;
 mod node;
 mod session;
+mod source;
 mod store;
-mod watch;
 
 pub use config::{Config, DEFAULT_PORT, DEFAULT_ROOT, DEFAULT_SESSION_TIMEOUT};
 
@@ -123,7 +123,7 @@ impl Discovery for ZkRegistry {
     async fn get_service(&self, name: &str) -> Result<Vec<ServiceInstance>> {
         validate_name(name)?;
         let client = self.zk.client().await?;
-        let instances = watch::list(&self.zk, &client, &self.service_path(name), name).await?;
+        let instances = source::list(&self.zk, &client, &self.service_path(name), name).await?;
         let mut list: Vec<_> = instances.into_values().collect();
         list.sort_by(|a, b| a.id.cmp(&b.id));
         Ok(list)
@@ -136,7 +136,7 @@ impl Discovery for ZkRegistry {
         let owned = name.to_owned();
         self.hub
             .watch(name, move |publisher| {
-                watch::follow(zk, service_path, owned, publisher)
+                source::follow(zk, service_path, owned, publisher)
             })
             .await
     }

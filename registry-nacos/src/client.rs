@@ -1,0 +1,51 @@
+//! nacos-sdk's naming client, set up from a [`Config`].
+
+use nacos_sdk::api::naming::{NamingService, NamingServiceBuilder};
+use nacos_sdk::api::props::ClientProps;
+use registry_core::{Error, Result};
+
+use crate::error::map_err;
+use crate::Config;
+
+/// Builds the naming client and checks that a server answers. Returns the client and the
+/// temporary cache directory it uses (deleted when dropped), unless the config names one.
+pub(crate) async fn connect(config: &Config) -> Result<(NamingService, Option<tempfile::TempDir>)> {
+    let (cache_dir, cache) = match &config.cache_dir {
+        Some(dir) => (dir.clone(), None),
+        None => {
+            let dir = tempfile::Builder::new()
+                .prefix("registry-nacos-")
+                .tempdir()
+                .map_err(|e| Error::unavailable("Nacos cache directory", e))?;
+            (dir.path().to_owned(), Some(dir))
+        }
+    };
+    let mut props = ClientProps::new()
+        .server_addr(config.servers.join(","))
+        .namespace(config.namespace.clone())
+        .app_name("registry-rs")
+        // The settings here win over NACOS_CLIENT_* environment variables.
+        .env_first(false)
+        // Report an empty service as empty (nacos-sdk hides it by default).
+        .naming_push_empty_protection(false)
+        .naming_load_cache_at_start(false)
+        .cache_dir(cache_dir);
+    let mut builder_auth = false;
+    if let Some((user, password)) = &config.credentials {
+        props = props
+            .auth_username(user.clone())
+            .auth_password(password.clone());
+        builder_auth = true;
+    }
+    let mut builder = NamingServiceBuilder::new(props);
+    if builder_auth {
+        builder = builder.enable_auth_plugin_http();
+    }
+    let naming = builder.build().await.map_err(|e| map_err("connect", e))?;
+    // Fail now, not at the first call, when no server answers.
+    naming
+        .get_service_list(1, 1, Some(config.group.clone()))
+        .await
+        .map_err(|e| map_err("connect", e))?;
+    Ok((naming, cache))
+}
