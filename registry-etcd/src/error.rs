@@ -38,10 +38,13 @@ pub(crate) fn map_err(operation: &'static str, status: Status) -> Error {
     // authenticates again when etcd refuses it (as etcd's own clients do).
     let stale_token = is_stale_token(&status);
     // etcd refuses a wrong user or password with `InvalidArgument`: any refusal of the
-    // authentication call itself is a permission error.
+    // authentication call itself is a permission error. A request without a token while
+    // auth is on is also `InvalidArgument`; etcd's Go client tells it apart by the error's
+    // description (`rpctypes.ErrUserEmpty`), its only typed form, and so does this.
     let auth = !stale_token
         && (code == Code::PermissionDenied
-            || (code == Code::InvalidArgument && operation == "authenticate"));
+            || (code == Code::InvalidArgument
+                && (operation == "authenticate" || message == "etcdserver: user name is empty")));
     if auth {
         Error::PermissionDenied {
             message: format!("etcd {operation}: {message}"),
