@@ -1,7 +1,9 @@
-//! Fault tests against a real Consul agent of each test's own. The agent killed and restarted
-//! in dev mode forgets everything: the owner registers its instance again within one
-//! heartbeat interval of the agent answering, and a watcher created before the fault delivers
-//! it. (An owner frozen past its TTL is the conformance case `paused_owner_leaves_and_returns`.)
+//! Consul's own fault test, against a real agent of the test's own. The conformance suite's
+//! shared fault cases assert that a registration comes back after the agent restarts, is
+//! wiped, frozen, or loses it from outside (through a fresh client and a watcher from before
+//! the fault); this asserts what is Consul's: the agent killed and restarted in dev mode
+//! forgets everything, a watcher says the agent is away meanwhile, and the owner registers
+//! its instance again within one heartbeat interval of the agent answering.
 
 mod support;
 
@@ -30,7 +32,7 @@ async fn connect(agent: &ConsulAgent) -> ConsulRegistry {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn agent_killed_and_restarted_forgetting_everything() {
+async fn agent_restarted_forgetting_everything_gets_it_back_within_a_heartbeat() {
     support::init_logs();
     let mut agent = ConsulAgent::start().await;
     let owner = connect(&agent).await;
@@ -59,12 +61,6 @@ async fn agent_killed_and_restarted_forgetting_everything() {
     assert!(owner
         .registration(&a.name, &a.id)
         .is_some_and(|s| s.get().is_registered()));
-
-    // The watcher from before the fault follows the new agent: a change after the fault.
-    let b = instance("svc", "b");
-    fresh.register(&b).await.expect("register after the fault");
-    watcher_reaches(&mut watcher, &[a.clone(), b.clone()], WITHIN).await;
-    fresh.deregister(&b).await.expect("deregister");
     owner.deregister(&a).await.expect("deregister");
     watcher_reaches(&mut watcher, &[], WITHIN).await;
 }

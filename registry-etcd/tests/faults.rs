@@ -1,7 +1,10 @@
-//! Fault tests against a real etcd of each test's own: the server is killed and restarted,
-//! wiped, or frozen past the lease TTL while a registration and a watcher live through it.
-//! Each asserts the final state through a fresh client and through the watcher created
-//! before the fault, which must still follow changes afterwards.
+//! etcd's own fault tests, against a real etcd of each test's own: the server is killed and
+//! restarted, wiped, or frozen past the lease TTL. The conformance suite's shared fault cases
+//! assert that the registration comes back (through a fresh client and a watcher from before
+//! the fault); these assert what is etcd's: a dead owner's key whose lease outlives the test
+//! (a "ghost") leaves a watcher from before a wipe, so the watch lists again rather than
+//! resuming; the key is attached to the lease its registration keeps alive (a new one after a
+//! wipe or an expiry), and that lease is kept alive afterwards, not written again and again.
 
 mod support;
 
