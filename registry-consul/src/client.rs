@@ -1,7 +1,7 @@
 //! A small typed client of the Consul HTTP API: the agent, health and catalog endpoints this
 //! backend uses, over `reqwest`.
 
-use std::collections::BTreeMap;
+use std::collections::BTreeSet;
 use std::time::Duration;
 
 use registry_core::{Error, Result};
@@ -202,13 +202,23 @@ impl Client {
         Ok((self.json("health", response).await?, index))
     }
 
-    /// `GET /v1/catalog/services`: every service name with its tags.
-    pub(crate) async fn services(&self) -> Result<BTreeMap<String, Vec<String>>> {
-        let mut request = self.request(Method::GET, "/v1/catalog/services");
+    /// `GET /v1/health/state/passing`: the names of the services with a passing check.
+    pub(crate) async fn passing_services(&self) -> Result<BTreeSet<String>> {
+        #[derive(serde::Deserialize)]
+        struct Check {
+            #[serde(rename = "ServiceName", default)]
+            service_name: String,
+        }
+        let mut request = self.request(Method::GET, "/v1/health/state/passing");
         if let Some(dc) = &self.datacenter {
             request = request.query(&[("dc", dc)]);
         }
-        let response = self.send("catalog services", request).await?;
-        self.json("catalog services", response).await
+        let response = self.send("passing checks", request).await?;
+        let checks: Vec<Check> = self.json("passing checks", response).await?;
+        Ok(checks
+            .into_iter()
+            .map(|c| c.service_name)
+            .filter(|name| !name.is_empty())
+            .collect())
     }
 }

@@ -155,11 +155,12 @@ impl Registry for ConsulRegistry {
         result
     }
 
-    /// Every service in the catalog but Consul's own.
+    /// The services with at least one passing check (so at least one instance
+    /// `get_service` lists), sorted; Consul's own is left out.
     async fn list_services(&self) -> Result<Vec<String>> {
-        let services = self.inner.client.services().await?;
+        let services = self.inner.client.passing_services().await?;
         Ok(services
-            .into_keys()
+            .into_iter()
             .filter(|name| name != "consul")
             .collect())
     }

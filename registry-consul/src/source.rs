@@ -8,7 +8,8 @@ use registry_core::{Backoff, Publisher};
 use crate::client::Client;
 use crate::format::from_consul;
 
-/// The least time between two blocking queries of one watch that answered at once.
+/// The least time between two blocking queries of one watch when the first answered at once
+/// without the index moving (nothing changed: a busy index or a flapping check).
 const MIN_QUERY_GAP: Duration = Duration::from_millis(100);
 
 /// The upstream of one service's shared watch: blocking queries on the passing list.
@@ -25,6 +26,7 @@ pub(crate) async fn follow(
         match client.health(&name, Some((index, wait))).await {
             Ok((entries, new_index)) => {
                 backoff.reset();
+                let moved = new_index != index;
                 // Consul: an index that goes backwards (the agent restarted) resets it, and
                 // an index must be above zero.
                 index = if new_index < index {
@@ -34,9 +36,10 @@ pub(crate) async fn follow(
                 };
                 publisher.publish(entries.into_iter().filter_map(from_consul).collect());
                 // Consul asks clients to rate-limit blocking queries: an answer that came at
-                // once (a busy index, a flapping check) is followed by a short pause.
+                // once with the index where it was (nothing changed) is followed by a short
+                // pause. Changes in a row (a rolling deploy) are read without one.
                 let took = started.elapsed();
-                if took < MIN_QUERY_GAP {
+                if !moved && took < MIN_QUERY_GAP {
                     tokio::time::sleep(MIN_QUERY_GAP - took).await;
                 }
             }

@@ -181,7 +181,8 @@ impl Registry for EtcdRegistry {
                 async move { c.get_prefix(namespace.as_bytes(), 0).await }
             })
             .await?;
-        let mut names: Vec<String> = resp
+        // Keys sort `a-b/` before `a/`: a set gives the names in order.
+        let names: std::collections::BTreeSet<String> = resp
             .kvs
             .iter()
             .filter_map(|kv| {
@@ -190,7 +191,6 @@ impl Registry for EtcdRegistry {
                 source::decode(&kv.key, &kv.value, name).map(|i| i.name)
             })
             .collect();
-        names.dedup();
-        Ok(names)
+        Ok(names.into_iter().collect())
     }
 }
