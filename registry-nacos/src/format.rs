@@ -190,6 +190,11 @@ fn scheme_of<'a>(name: &str, service: &'a str) -> &'a str {
         .unwrap_or("http")
 }
 
+/// Whether a Nacos instance says it is an endpoint of `scheme` (its `kind` metadata).
+pub(crate) fn is_of_scheme(nacos: &NacosInstance, scheme: &str) -> bool {
+    nacos.metadata.get(KIND).is_some_and(|kind| kind == scheme)
+}
+
 /// Rebuilds the instances of `name`. An instance is complete when all its endpoints are
 /// there with the same digest; `previous` (the last complete value of each id) is shown for
 /// an instance caught half-updated, and an instance never seen complete is not shown yet.
@@ -202,6 +207,11 @@ pub(crate) fn assemble(
     for (service, instances) in services {
         let scheme = scheme_of(name, service);
         for nacos in instances {
+            // In `{name}.{scheme}`, only what says it is of that scheme (kratos and this crate
+            // write `kind`): a plain service `com.example.Greeter` is not `com.example`'s.
+            if service != name && !is_of_scheme(nacos, scheme) {
+                continue;
+            }
             if let Some(p) = piece(service, scheme, nacos) {
                 pieces.entry(p.id.clone()).or_default().push(p);
             }
@@ -295,6 +305,20 @@ mod tests {
         assert_eq!(instance.endpoints, ["grpc://192.168.56.1:9000"]);
         assert_eq!(instance.version, "v2");
         assert!(instance.metadata.is_empty());
+    }
+
+    #[test]
+    fn a_dotted_plain_service_is_not_another_name_with_a_scheme() {
+        let plain = NacosInstance {
+            ip: "10.0.0.1".into(),
+            port: 8080,
+            metadata: HashMap::from([("zone".into(), "a".into())]),
+            ..NacosInstance::default()
+        };
+        let found = services(vec![("com.example.Greeter".into(), plain)]);
+        assert!(assemble("com.example", &found, &BTreeMap::new()).is_empty());
+        let own = assemble("com.example.Greeter", &found, &BTreeMap::new());
+        assert_eq!(own["10.0.0.1-8080"].endpoints, ["http://10.0.0.1:8080"]);
     }
 
     #[test]

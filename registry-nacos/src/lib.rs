@@ -204,8 +204,15 @@ impl Registry for NacosRegistry {
                 if instances.is_empty() {
                     continue;
                 }
+                // `{name}.{scheme}` counts as `name` when its instances say they are of that
+                // scheme; a plain service with dots in its name stays whole.
                 let name = match service.rsplit_once('.') {
-                    Some((name, _)) if validate_name(name).is_ok() => name.to_owned(),
+                    Some((name, scheme))
+                        if validate_name(name).is_ok()
+                            && instances.iter().any(|i| format::is_of_scheme(i, scheme)) =>
+                    {
+                        name.to_owned()
+                    }
                     _ => service,
                 };
                 names.insert(name);
