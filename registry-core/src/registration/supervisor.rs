@@ -1,7 +1,7 @@
 //! The supervisor: one task per (service, id) of a registry handle, applying that
 //! registration's calls in order and writing it again whenever it is lost.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::fmt;
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::Duration;
@@ -38,6 +38,9 @@ struct Entry<L> {
 
 struct Entries<L> {
     map: HashMap<Key, Entry<L>>,
+    /// What this handle deregistered and has not registered since: a later deregister of
+    /// it is done already, whatever a lagging listing still shows.
+    removed: HashSet<Key>,
     closed: bool,
     serial: u64,
 }
@@ -46,6 +49,7 @@ impl<L> Default for Entries<L> {
     fn default() -> Self {
         Entries {
             map: HashMap::new(),
+            removed: HashSet::new(),
             closed: false,
             serial: 0,
         }
@@ -121,6 +125,7 @@ impl<S: Store> Registrations<S> {
                 return Err(Error::Closed);
             }
             let key = (instance.name.clone(), instance.id.clone());
+            entries.removed.remove(&key);
             let entry = match entries.map.get(&key) {
                 Some(entry) => entry,
                 None => {
@@ -140,7 +145,10 @@ impl<S: Store> Registrations<S> {
     ///
     /// The rule for an instance this handle does not hold (registered by another process or
     /// handle): nothing is changed, and the call fails with [`Error::NotOwned`] while the
-    /// registry lists it; an instance listed nowhere is already deregistered (`Ok`).
+    /// registry lists it; an instance listed nowhere is already deregistered (`Ok`), and so
+    /// is one this handle deregistered before (a registry whose listing lags may still show
+    /// it). When this returns, [`status`](Self::status) of the id is `None` (unless another
+    /// register of it came meanwhile).
     pub async fn deregister(&self, instance: &ServiceInstance) -> Result<()> {
         validate_name(&instance.name)?;
         validate_id(&instance.id)?;
@@ -156,6 +164,7 @@ impl<S: Store> Registrations<S> {
                         .map_err(|_| Error::Closed)?;
                     Some(done)
                 }
+                None if entries.removed.contains(&key) => return Ok(()),
                 None => None,
             }
         };
@@ -292,8 +301,10 @@ struct Task<S: Store> {
 
 impl<S: Store> Task<S> {
     /// Whether the task may end: no command is waiting. Removes its entry when so, under the
-    /// same lock that callers send under, so that no command is ever left unanswered.
-    fn finish(&mut self) -> bool {
+    /// same lock that callers send under, so that no command is ever left unanswered; called
+    /// before the last command is answered, so that its caller finds the entry gone.
+    /// `removed`: the registration was deregistered (not a failed first write).
+    fn finish(&mut self, removed: bool) -> bool {
         let Some(entries) = self.entries.upgrade() else {
             return true;
         };
@@ -308,6 +319,9 @@ impl<S: Store> Task<S> {
             .is_some_and(|e| e.serial == self.serial)
         {
             entries.map.remove(&self.key);
+        }
+        if removed {
+            entries.removed.insert(self.key.clone());
         }
         true
     }
@@ -359,13 +373,16 @@ impl<S: Store> Task<S> {
                         }
                         Err(error) if written.is_none() && retrying.is_none() => {
                             // Never registered: leave nothing behind, hold nothing.
-                            let _ = ack.send(Err(error));
                             if let Err(e) = self.store.remove(&instance, None).await {
                                 tracing::debug!(%service, %id, error = %e, "cleanup after a failed first write failed");
                             }
                             desired = None;
-                            if self.finish() {
+                            let ended = self.finish(false);
+                            if ended {
                                 self.state.send_replace(RegistrationState::Deregistered);
+                            }
+                            let _ = ack.send(Err(error));
+                            if ended {
                                 return;
                             }
                         }
@@ -397,7 +414,13 @@ impl<S: Store> Task<S> {
                         .map(|(instance, _)| instance.clone())
                         .or_else(|| desired.clone())
                     else {
+                        // Nothing written (a first write failed): nothing to remove.
+                        self.state.send_replace(RegistrationState::Deregistered);
+                        let ended = self.finish(true);
                         let _ = ack.send(Ok(()));
+                        if ended {
+                            return;
+                        }
                         continue;
                     };
                     // Stop keeping it alive first, so that nothing writes it back.
@@ -410,8 +433,9 @@ impl<S: Store> Task<S> {
                             desired = None;
                             written = None;
                             self.state.send_replace(RegistrationState::Deregistered);
+                            let ended = self.finish(true);
                             let _ = ack.send(Ok(()));
-                            if self.finish() {
+                            if ended {
                                 return;
                             }
                         }
