@@ -4,6 +4,7 @@
 use std::collections::BTreeSet;
 use std::time::Duration;
 
+use registry_core::config::Secret;
 use registry_core::{Error, Result};
 use reqwest::{Method, RequestBuilder, Response, StatusCode};
 use serde::de::DeserializeOwned;
@@ -16,7 +17,7 @@ use crate::{Config, SCHEME};
 pub(crate) struct Client {
     http: reqwest::Client,
     base: String,
-    token: Option<String>,
+    token: Option<Secret>,
     datacenter: Option<String>,
     request_timeout: Duration,
 }
@@ -30,30 +31,21 @@ impl Client {
             None => "http",
             Some(tls) => {
                 builder = builder.use_rustls_tls().https_only(true);
-                let read = |field: &'static str, path: &std::path::Path| {
-                    std::fs::read(path).map_err(|e| {
-                        Error::invalid(
-                            field,
-                            path.display().to_string(),
-                            format!("cannot read: {e}"),
-                        )
-                    })
-                };
-                if let Some(ca) = &tls.ca_file {
-                    let pem = read("ca_file", ca)?;
-                    let cert = reqwest::Certificate::from_pem(&pem).map_err(|e| {
-                        Error::invalid("ca_file", ca.display().to_string(), e.to_string())
+                let loaded = tls.load()?;
+                if let Some(pem) = &loaded.ca {
+                    let cert = reqwest::Certificate::from_pem(pem).map_err(|e| {
+                        Error::invalid("ca_file", format!("{:?}", tls.ca_file), e.to_string())
                     })?;
                     builder = builder
                         .tls_built_in_root_certs(false)
                         .add_root_certificate(cert);
                 }
-                if let Some((cert, key)) = &tls.identity {
-                    let mut pem = read("cert_file", cert)?;
+                if let Some((cert, key)) = loaded.identity {
+                    let mut pem = cert;
                     pem.push(b'\n');
-                    pem.extend(read("key_file", key)?);
+                    pem.extend(key);
                     let identity = reqwest::Identity::from_pem(&pem).map_err(|e| {
-                        Error::invalid("cert_file", cert.display().to_string(), e.to_string())
+                        Error::invalid("cert_file", format!("{:?}", tls.identity), e.to_string())
                     })?;
                     builder = builder.identity(identity);
                 }
@@ -81,7 +73,7 @@ impl Client {
             .request(method, format!("{}{path}", self.base))
             .timeout(self.request_timeout);
         if let Some(token) = &self.token {
-            if let Ok(mut value) = reqwest::header::HeaderValue::from_str(token) {
+            if let Ok(mut value) = reqwest::header::HeaderValue::from_str(token.expose()) {
                 value.set_sensitive(true);
                 request = request.header("X-Consul-Token", value);
             }

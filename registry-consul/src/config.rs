@@ -1,9 +1,9 @@
 //! The options of the Consul backend, from a URL or built in code.
 
 use std::fmt;
-use std::path::PathBuf;
 use std::time::Duration;
 
+use registry_core::config::{Secret, TlsConfig};
 use registry_core::{Error, RegistryUrl, Result, UrlOptions};
 
 use crate::SCHEME;
@@ -18,38 +18,6 @@ pub const DEFAULT_DEREGISTER_AFTER: Duration = Duration::from_secs(600);
 pub const MIN_TTL: Duration = Duration::from_secs(1);
 /// Consul reaps critical services no sooner than this.
 pub const MIN_DEREGISTER_AFTER: Duration = Duration::from_secs(60);
-
-/// TLS towards the Consul agent: the CA of its certificate and, when the agent verifies
-/// clients (`verify_incoming`), this client's certificate and key. PEM files.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-#[non_exhaustive]
-pub struct TlsConfig {
-    /// The CA certificate the agent's certificate is checked against (the system roots when
-    /// `None`).
-    pub ca_file: Option<PathBuf>,
-    /// This client's certificate and private key.
-    pub identity: Option<(PathBuf, PathBuf)>,
-}
-
-impl TlsConfig {
-    /// HTTPS checked against the CA in `ca_file`.
-    pub fn new(ca_file: impl Into<PathBuf>) -> Self {
-        TlsConfig {
-            ca_file: Some(ca_file.into()),
-            identity: None,
-        }
-    }
-
-    /// Presents this client certificate and key (PEM files).
-    pub fn with_identity(
-        mut self,
-        cert_file: impl Into<PathBuf>,
-        key_file: impl Into<PathBuf>,
-    ) -> Self {
-        self.identity = Some((cert_file.into(), key_file.into()));
-        self
-    }
-}
 
 /// Options of the Consul backend.
 ///
@@ -72,7 +40,7 @@ pub struct Config {
     /// The datacenter to read from (the agent's own when `None`).
     pub datacenter: Option<String>,
     /// The ACL token, sent as the `X-Consul-Token` header. Never shown by `Debug` or logs.
-    pub token: Option<String>,
+    pub token: Option<Secret>,
     /// The TTL of each registration's health check; the owner passes it every third of it.
     pub ttl: Duration,
     /// How long Consul keeps a service whose check is critical before reaping it.
@@ -94,7 +62,7 @@ impl fmt::Debug for Config {
         f.debug_struct("Config")
             .field("address", &self.address)
             .field("datacenter", &self.datacenter)
-            .field("token", &self.token.as_ref().map(|_| "***"))
+            .field("token", &self.token)
             .field("ttl", &self.ttl)
             .field("deregister_after", &self.deregister_after)
             .field("tags", &self.tags)
@@ -140,7 +108,7 @@ impl Config {
 
     /// Sends this ACL token.
     pub fn with_token(mut self, token: impl Into<String>) -> Self {
-        self.token = Some(token.into());
+        self.token = Some(Secret::new(token));
         self
     }
 
@@ -224,7 +192,7 @@ impl Config {
         let mut config = Config::new(host.with_default_port(DEFAULT_PORT));
         let mut opts = UrlOptions::new(url);
         config.datacenter = opts.string("dc");
-        config.token = opts.string("token");
+        config.token = opts.string("token").map(Secret::from);
         if let Some(ttl) = opts.duration("ttl")? {
             config.ttl = ttl;
         }
@@ -248,29 +216,16 @@ impl Config {
             config.wait = wait;
         }
         let tls = opts.bool("tls")?;
-        let ca_file = opts.string("ca_file");
-        let cert_file = opts.string("cert_file");
-        let key_file = opts.string("key_file");
+        let files = TlsConfig::from_options(url, &mut opts, false)?;
         opts.finish()?;
-        let identity = match (cert_file, key_file) {
-            (Some(cert), Some(key)) => Some((PathBuf::from(cert), PathBuf::from(key))),
-            (None, None) => None,
-            _ => {
-                return Err(Error::invalid_url(
-                    shown,
-                    "cert_file and key_file go together",
-                ))
+        config.tls = match (tls, files) {
+            (Some(false), Some(_)) => {
+                return Err(Error::invalid_url(shown, "tls=false with TLS files"))
             }
+            (_, Some(files)) => Some(files),
+            (Some(true), None) => Some(TlsConfig::default()),
+            (_, None) => None,
         };
-        if tls == Some(true) || ca_file.is_some() || identity.is_some() {
-            if tls == Some(false) {
-                return Err(Error::invalid_url(shown, "tls=false with TLS files"));
-            }
-            config.tls = Some(TlsConfig {
-                ca_file: ca_file.map(PathBuf::from),
-                identity,
-            });
-        }
         config
             .check()
             .map_err(|reason| Error::invalid_url(shown, reason))?;
@@ -312,7 +267,7 @@ mod tests {
         .unwrap();
         assert_eq!(config.address, "10.0.0.1:8500");
         assert_eq!(config.datacenter.as_deref(), Some("dc2"));
-        assert_eq!(config.token.as_deref(), Some("s3cret"));
+        assert_eq!(config.token, Some(Secret::new("s3cret")));
         assert_eq!(config.ttl, Duration::from_secs(10));
         assert_eq!(config.deregister_after, Duration::from_secs(120));
         assert_eq!(config.tags, ["a", "b"]);

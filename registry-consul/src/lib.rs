@@ -20,9 +20,10 @@ mod source;
 mod store;
 
 pub use config::{
-    Config, TlsConfig, DEFAULT_DEREGISTER_AFTER, DEFAULT_PORT, DEFAULT_TTL, MIN_DEREGISTER_AFTER,
-    MIN_TTL,
+    Config, DEFAULT_DEREGISTER_AFTER, DEFAULT_PORT, DEFAULT_TTL, MIN_DEREGISTER_AFTER, MIN_TTL,
 };
+/// TLS options (core's, shared by every backend; `domain` is not used by this backend).
+pub use registry_core::config::TlsConfig;
 
 use crate::client::Client;
 use crate::format::from_consul;
@@ -72,9 +73,12 @@ impl ConsulRegistry {
     /// Connects to the agent; fails when it does not answer, or when the config is invalid
     /// (a permanent error).
     pub async fn connect(config: Config) -> Result<Self> {
-        config.check().map_err(|reason| {
-            registry_core::Error::invalid("consul config", format!("{config:?}"), reason)
-        })?;
+        config
+            .check()
+            .map_err(|reason| registry_core::Error::InvalidConfig {
+                backend: SCHEME,
+                reason,
+            })?;
         let client = Arc::new(Client::new(&config)?);
         client.ping().await?;
         let store = ConsulStore {

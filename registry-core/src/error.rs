@@ -38,6 +38,16 @@ pub enum Error {
         reason: String,
     },
 
+    /// A backend's configuration (built in code, or read from a URL) cannot work: a TTL
+    /// below the server's floor, no endpoint, a TLS setting the client refuses.
+    #[error("invalid {backend} configuration: {reason}")]
+    InvalidConfig {
+        /// The backend's scheme.
+        backend: &'static str,
+        /// What is wrong (secrets never included).
+        reason: String,
+    },
+
     /// A URL names a scheme that no backend knows.
     #[error("unknown registry scheme {scheme:?}; schemes compiled in: {}", available.join(", "))]
     UnknownScheme {

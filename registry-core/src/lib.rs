@@ -34,11 +34,13 @@
 //! methods; `tokio::sync::watch` is the snapshot channel behind every watcher (the newest list
 //! wins, every watcher sees it); `url` parses endpoints and registry URLs; `humantime` reads
 //! durations such as `10s` in URL options; `thiserror` derives the error enum; `rand` jitters
-//! the [`Backoff`] of retry loops.
+//! the [`Backoff`] of retry loops; `percent-encoding` decodes a user and password written
+//! into a URL.
 
 mod backoff;
 mod capability;
 mod checked;
+pub mod config;
 mod endpoint;
 mod error;
 mod instance;

@@ -10,6 +10,7 @@
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
+use registry_core::config::{Credentials, LoadedTls};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::metadata::{Ascii, MetadataValue};
@@ -33,7 +34,7 @@ use crate::rpc::etcdserverpb::{
 pub(crate) struct ConnectOptions {
     pub(crate) connect_timeout: Duration,
     pub(crate) request_timeout: Duration,
-    pub(crate) credentials: Option<(String, String)>,
+    pub(crate) credentials: Option<Credentials>,
     pub(crate) tls: Option<ClientTlsConfig>,
 }
 
@@ -217,10 +218,10 @@ impl Client {
         let channel = builder.connect().await.map_err(ConnectError::Transport)?;
         let token = Token::default();
         let auth = match &options.credentials {
-            Some((user, password)) => {
+            Some(Credentials { user, password }) => {
                 let auth = Arc::new(Auth {
                     user: user.clone(),
-                    password: password.clone(),
+                    password: password.expose().to_owned(),
                     token: token.clone(),
                     client: AuthClient::new(channel.clone()),
                     refreshing: tokio::sync::Mutex::new(()),
@@ -419,16 +420,15 @@ impl Client {
 }
 
 /// Builds tonic's TLS settings from PEM bytes.
-pub(crate) fn tls_config(
-    ca: Vec<u8>,
-    identity: Option<(Vec<u8>, Vec<u8>)>,
-    domain: Option<&str>,
-) -> ClientTlsConfig {
-    let mut tls = ClientTlsConfig::new().ca_certificate(Certificate::from_pem(ca));
-    if let Some((cert, key)) = identity {
+pub(crate) fn tls_config(loaded: LoadedTls) -> ClientTlsConfig {
+    let mut tls = ClientTlsConfig::new();
+    if let Some(ca) = loaded.ca {
+        tls = tls.ca_certificate(Certificate::from_pem(ca));
+    }
+    if let Some((cert, key)) = loaded.identity {
         tls = tls.identity(Identity::from_pem(cert, key));
     }
-    if let Some(domain) = domain {
+    if let Some(domain) = loaded.domain {
         tls = tls.domain_name(domain);
     }
     tls

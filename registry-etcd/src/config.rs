@@ -1,74 +1,12 @@
 //! The options of the etcd backend, from a URL or built in code.
 
 use std::fmt;
-use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use percent_encoding::percent_decode_str;
+use registry_core::config::{Credentials, TlsConfig};
 use registry_core::{Error, RegistryUrl, Result, UrlOptions};
 
 use crate::{DEFAULT_NAMESPACE, DEFAULT_PORT, DEFAULT_TTL, MIN_TTL, SCHEME};
-
-/// TLS towards etcd: the CA that signed etcd's certificate and, when etcd asks for client
-/// certificates (`--client-cert-auth`), this client's certificate and key. PEM files.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-#[non_exhaustive]
-pub struct TlsConfig {
-    /// The CA certificate(s) that etcd's server certificate is checked against.
-    pub ca_file: PathBuf,
-    /// This client's certificate and private key, for etcd's client certificate auth.
-    pub identity: Option<(PathBuf, PathBuf)>,
-    /// The name etcd's certificate must carry, when it is not the host of the endpoints.
-    pub domain: Option<String>,
-}
-
-impl TlsConfig {
-    /// TLS checked against the CA in `ca_file`.
-    pub fn new(ca_file: impl Into<PathBuf>) -> Self {
-        TlsConfig {
-            ca_file: ca_file.into(),
-            identity: None,
-            domain: None,
-        }
-    }
-
-    /// Presents this client certificate and key (PEM files).
-    pub fn with_identity(
-        mut self,
-        cert_file: impl Into<PathBuf>,
-        key_file: impl Into<PathBuf>,
-    ) -> Self {
-        self.identity = Some((cert_file.into(), key_file.into()));
-        self
-    }
-
-    /// Expects this name in etcd's certificate.
-    pub fn with_domain(mut self, domain: impl Into<String>) -> Self {
-        self.domain = Some(domain.into());
-        self
-    }
-
-    pub(crate) fn load(&self) -> Result<tonic::transport::ClientTlsConfig> {
-        let read = |field: &'static str, path: &Path| {
-            std::fs::read(path).map_err(|e| {
-                Error::invalid(
-                    field,
-                    path.display().to_string(),
-                    format!("cannot read: {e}"),
-                )
-            })
-        };
-        let identity = match &self.identity {
-            Some((cert, key)) => Some((read("cert_file", cert)?, read("key_file", key)?)),
-            None => None,
-        };
-        Ok(crate::client::tls_config(
-            read("ca_file", &self.ca_file)?,
-            identity,
-            self.domain.as_deref(),
-        ))
-    }
-}
 
 /// Options of the etcd backend: from a URL ([`Config::from_url`]) or built in code.
 ///
@@ -92,8 +30,9 @@ pub struct Config {
     pub namespace: String,
     /// The lease TTL of each registration (at least [`MIN_TTL`]).
     pub ttl: Duration,
-    /// User name and password, when etcd has authentication on. Never shown by `Debug`.
-    pub credentials: Option<(String, String)>,
+    /// User name and password, when etcd has authentication on. The password is never
+    /// shown by `Debug`.
+    pub credentials: Option<Credentials>,
     /// TLS, when etcd serves `https`.
     pub tls: Option<TlsConfig>,
     /// How long to wait for a connection.
@@ -108,7 +47,7 @@ impl fmt::Debug for Config {
             .field("endpoints", &self.endpoints)
             .field("namespace", &self.namespace)
             .field("ttl", &self.ttl)
-            .field("user", &self.credentials.as_ref().map(|(u, _)| u))
+            .field("credentials", &self.credentials)
             .field("tls", &self.tls)
             .field("connect_timeout", &self.connect_timeout)
             .field("request_timeout", &self.request_timeout)
@@ -157,7 +96,7 @@ impl Config {
         user: impl Into<String>,
         password: impl Into<String>,
     ) -> Self {
-        self.credentials = Some((user.into(), password.into()));
+        self.credentials = Some(Credentials::new(user, password.into()));
         self
     }
 
@@ -224,46 +163,9 @@ impl Config {
         if let Some(t) = opts.duration("timeout")? {
             config.request_timeout = t;
         }
-        let mut user = opts.string("username");
-        let mut password = opts.string("password");
-        let ca_file = opts.string("ca_file");
-        let cert_file = opts.string("cert_file");
-        let key_file = opts.string("key_file");
-        let tls_domain = opts.string("tls_domain");
+        config.credentials = Credentials::from_url(url, &mut opts)?;
+        config.tls = TlsConfig::from_options(url, &mut opts, true)?;
         opts.finish()?;
-        if !url.username().is_empty() {
-            if user.is_some() {
-                return Err(Error::invalid_url(shown, "user given twice"));
-            }
-            let decode = |s: &str| percent_decode_str(s).decode_utf8_lossy().into_owned();
-            user = Some(decode(url.username()));
-            password = url.password().map(decode).or(password);
-        }
-        config.credentials = match (user, password) {
-            (Some(user), Some(password)) => Some((user, password)),
-            (None, None) => None,
-            _ => {
-                return Err(Error::invalid_url(
-                    shown,
-                    "username and password go together",
-                ))
-            }
-        };
-        config.tls = match (ca_file, cert_file, key_file) {
-            (None, None, None) if tls_domain.is_none() => None,
-            (Some(ca), None, None) => Some(TlsConfig::new(ca)),
-            (Some(ca), Some(cert), Some(key)) => Some(TlsConfig::new(ca).with_identity(cert, key)),
-            (None, _, _) => return Err(Error::invalid_url(shown, "TLS options need ca_file")),
-            _ => {
-                return Err(Error::invalid_url(
-                    shown,
-                    "cert_file and key_file go together",
-                ))
-            }
-        };
-        if let (Some(tls), Some(domain)) = (config.tls.as_mut(), tls_domain) {
-            tls.domain = Some(domain);
-        }
         config
             .check()
             .map_err(|reason| Error::invalid_url(shown, reason))?;
@@ -276,6 +178,9 @@ impl Config {
         }
         if self.ttl < MIN_TTL {
             return Err("ttl below etcd's shortest lease (2s)".into());
+        }
+        if self.tls.as_ref().is_some_and(|tls| tls.ca_file.is_none()) {
+            return Err("TLS options need ca_file".into());
         }
         if !self.namespace.starts_with('/') || self.namespace.ends_with('/') {
             return Err(format!(
@@ -306,10 +211,7 @@ mod tests {
         assert_eq!(config.ttl, Duration::from_secs(10));
         assert_eq!(config.request_timeout, Duration::from_secs(2));
         assert_eq!(config.connect_timeout, Duration::from_secs(3));
-        assert_eq!(
-            config.credentials,
-            Some(("u@x".to_owned(), "p/w".to_owned()))
-        );
+        assert_eq!(config.credentials, Some(Credentials::new("u@x", "p/w")));
         assert_eq!(
             config.tls,
             Some(

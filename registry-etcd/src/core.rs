@@ -46,7 +46,10 @@ impl Connection {
             request_timeout: config.request_timeout,
             // etcd forgets tokens when idle or restarted: the client gets a new one when told so.
             credentials: config.credentials.clone(),
-            tls: config.tls.as_ref().map(|tls| tls.load()).transpose()?,
+            tls: match &config.tls {
+                Some(tls) => Some(crate::client::tls_config(tls.load()?)),
+                None => None,
+            },
         };
         let mut last_error = None;
         for (index, endpoint) in config.endpoints.iter().enumerate() {

@@ -20,7 +20,9 @@ mod rpc;
 mod source;
 mod store;
 
-pub use config::{Config, TlsConfig};
+pub use config::Config;
+/// TLS options (core's, shared by every backend).
+pub use registry_core::config::TlsConfig;
 
 use crate::core::Connection;
 use crate::store::EtcdStore;
@@ -77,9 +79,10 @@ impl EtcdRegistry {
     /// Connects to the first of the config's endpoints that answers; fails when none does,
     /// or when the config is invalid (a permanent error).
     pub async fn connect(config: Config) -> Result<Self> {
-        config
-            .check()
-            .map_err(|reason| Error::invalid("etcd config", format!("{config:?}"), reason))?;
+        config.check().map_err(|reason| Error::InvalidConfig {
+            backend: SCHEME,
+            reason,
+        })?;
         let conn = Arc::new(Connection::open(&config).await?);
         let store = EtcdStore {
             conn: conn.clone(),

@@ -2,6 +2,7 @@
 
 use nacos_sdk::api::naming::{NamingService, NamingServiceBuilder};
 use nacos_sdk::api::props::ClientProps;
+use registry_core::config::Credentials;
 use registry_core::{Error, Result};
 
 use crate::error::map_err;
@@ -31,10 +32,10 @@ pub(crate) async fn connect(config: &Config) -> Result<(NamingService, Option<te
         .naming_load_cache_at_start(false)
         .cache_dir(cache_dir);
     let mut builder_auth = false;
-    if let Some((user, password)) = &config.credentials {
+    if let Some(Credentials { user, password }) = &config.credentials {
         props = props
             .auth_username(user.clone())
-            .auth_password(password.clone());
+            .auth_password(password.expose().to_owned());
         builder_auth = true;
     }
     let mut builder = NamingServiceBuilder::new(props);

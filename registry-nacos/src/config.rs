@@ -3,6 +3,7 @@
 use std::fmt;
 use std::path::PathBuf;
 
+use registry_core::config::Credentials;
 use registry_core::{Error, RegistryUrl, Result, UrlOptions};
 
 use crate::SCHEME;
@@ -40,8 +41,9 @@ pub struct Config {
     pub cluster: String,
     /// The weight instances are registered with (metadata `weight` overrides it).
     pub weight: f64,
-    /// User name and password, when the server has authentication on. Never shown by `Debug`.
-    pub credentials: Option<(String, String)>,
+    /// User name and password, when the server has authentication on. The password is
+    /// never shown by `Debug`.
+    pub credentials: Option<Credentials>,
     /// Where nacos-sdk keeps its cache; a directory private to this registry (removed when it
     /// is dropped) when `None`.
     pub cache_dir: Option<PathBuf>,
@@ -55,7 +57,7 @@ impl fmt::Debug for Config {
             .field("group", &self.group)
             .field("cluster", &self.cluster)
             .field("weight", &self.weight)
-            .field("user", &self.credentials.as_ref().map(|(u, _)| u))
+            .field("credentials", &self.credentials)
             .field("cache_dir", &self.cache_dir)
             .finish_non_exhaustive()
     }
@@ -114,7 +116,7 @@ impl Config {
         user: impl Into<String>,
         password: impl Into<String>,
     ) -> Self {
-        self.credentials = Some((user.into(), password.into()));
+        self.credentials = Some(Credentials::new(user, password.into()));
         self
     }
 
@@ -171,8 +173,7 @@ impl Config {
             config.cluster = cluster;
         }
         let weight = opts.string("weight");
-        let user = opts.string("username");
-        let password = opts.string("password");
+        config.credentials = Credentials::from_url(url, &mut opts)?;
         if let Some(dir) = opts.string("cache_dir") {
             config.cache_dir = Some(dir.into());
         }
@@ -182,16 +183,6 @@ impl Config {
                 Error::invalid_url(&shown, format!("weight {weight:?} is not a number"))
             })?;
         }
-        config.credentials = match (user, password) {
-            (Some(user), Some(password)) => Some((user, password)),
-            (None, None) => None,
-            _ => {
-                return Err(Error::invalid_url(
-                    shown,
-                    "username and password go together",
-                ))
-            }
-        };
         config
             .check()
             .map_err(|reason| Error::invalid_url(shown, reason))?;
@@ -234,7 +225,7 @@ mod tests {
         assert_eq!(config.namespace, "dev");
         assert_eq!((config.group.as_str(), config.cluster.as_str()), ("G", "C"));
         assert_eq!(config.weight, 5.0);
-        assert_eq!(config.credentials, Some(("u".into(), "s3cret".into())));
+        assert_eq!(config.credentials, Some(Credentials::new("u", "s3cret")));
         assert_eq!(config.cache_dir, Some(PathBuf::from("/tmp/c")));
         assert!(!format!("{config:?}").contains("s3cret"));
         assert_eq!(
@@ -256,7 +247,10 @@ mod tests {
                 "not a number",
             ),
             ("nacos://h?password=hunter2", "go together"),
-            ("nacos://h?groups=x&password=hunter2", "unknown option"),
+            (
+                "nacos://h?groups=x&password=hunter2&username=u",
+                "unknown option",
+            ),
         ] {
             let err = Config::from_url(url).unwrap_err();
             assert!(matches!(err, Error::InvalidUrl { .. }), "{url}: {err:?}");

@@ -69,9 +69,10 @@ impl NacosRegistry {
     /// Connects to the servers; fails when none answers, or when the config is invalid (a
     /// permanent error).
     pub async fn connect(config: Config) -> Result<Self> {
-        config
-            .check()
-            .map_err(|reason| Error::invalid("nacos config", format!("{config:?}"), reason))?;
+        config.check().map_err(|reason| Error::InvalidConfig {
+            backend: SCHEME,
+            reason,
+        })?;
         let (naming, cache) = client::connect(&config).await?;
         let written = Written::default();
         let (dropped, on_drop) = oneshot::channel();

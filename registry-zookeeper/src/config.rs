@@ -3,6 +3,7 @@
 use std::fmt;
 use std::time::Duration;
 
+use registry_core::config::Credentials;
 use registry_core::{Error, RegistryUrl, Result, UrlOptions};
 
 use crate::SCHEME;
@@ -36,9 +37,9 @@ pub struct Config {
     /// The session timeout: how long after this process is cut off its instances go. The
     /// server clamps it to between 2 and 20 ticks (`minSessionTimeout`, `maxSessionTimeout`).
     pub session_timeout: Duration,
-    /// Digest authentication (`user`, `password`); what we create is then readable and
-    /// writable by that user only. Never shown by `Debug`.
-    pub digest: Option<(String, String)>,
+    /// Digest authentication; what we create is then readable and writable by that user
+    /// only. The password is never shown by `Debug`.
+    pub digest: Option<Credentials>,
     /// How long connecting, and each request, may take.
     pub connect_timeout: Duration,
 }
@@ -49,7 +50,7 @@ impl fmt::Debug for Config {
             .field("servers", &self.servers)
             .field("root", &self.root)
             .field("session_timeout", &self.session_timeout)
-            .field("digest_user", &self.digest.as_ref().map(|(u, _)| u))
+            .field("digest", &self.digest)
             .field("connect_timeout", &self.connect_timeout)
             .finish_non_exhaustive()
     }
@@ -90,7 +91,7 @@ impl Config {
 
     /// Authenticates with digest `user:password` and protects what we create with it.
     pub fn with_digest(mut self, user: impl Into<String>, password: impl Into<String>) -> Self {
-        self.digest = Some((user.into(), password.into()));
+        self.digest = Some(Credentials::new(user, password.into()));
         self
     }
 
@@ -143,7 +144,7 @@ impl Config {
         if let Some(digest) = digest {
             match digest.split_once(':') {
                 Some((user, password)) if !user.is_empty() => {
-                    config.digest = Some((user.to_owned(), password.to_owned()));
+                    config.digest = Some(Credentials::new(user, password));
                 }
                 _ => return Err(Error::invalid_url(shown, "digest is user:password")),
             }
@@ -197,7 +198,7 @@ mod tests {
         assert_eq!(config.servers, ["10.0.0.1:2181", "10.0.0.2:2181"]);
         assert_eq!(config.root, "/svc/reg");
         assert_eq!(config.session_timeout, Duration::from_secs(4));
-        assert_eq!(config.digest, Some(("u".to_owned(), "p:w".to_owned())));
+        assert_eq!(config.digest, Some(Credentials::new("u", "p:w")));
         assert_eq!(config.connect_timeout, Duration::from_secs(2));
         assert!(!format!("{config:?}").contains("p:w"));
         assert_eq!(config.cluster(), "10.0.0.1:2181,10.0.0.2:2181");

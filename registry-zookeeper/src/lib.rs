@@ -71,9 +71,12 @@ impl ZkRegistry {
     /// Connects a session; fails when no server answers, or when the config is invalid (a
     /// permanent error).
     pub async fn connect(config: Config) -> Result<Self> {
-        config.check().map_err(|reason| {
-            registry_core::Error::invalid("zookeeper config", format!("{config:?}"), reason)
-        })?;
+        config
+            .check()
+            .map_err(|reason| registry_core::Error::InvalidConfig {
+                backend: SCHEME,
+                reason,
+            })?;
         let zk = Zk::connect(config).await?;
         Ok(ZkRegistry {
             supervisor: tokio::spawn(session::supervise(zk.clone())),

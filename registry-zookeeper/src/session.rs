@@ -98,8 +98,9 @@ async fn new_client(config: &Config) -> Result<Client> {
     let mut connector = Client::connector()
         .with_session_timeout(config.session_timeout)
         .with_connection_timeout(config.connect_timeout);
-    if let Some((user, password)) = &config.digest {
-        connector = connector.with_auth("digest", format!("{user}:{password}").as_bytes());
+    if let Some(digest) = &config.digest {
+        let secret = format!("{}:{}", digest.user, digest.password.expose());
+        connector = connector.with_auth("digest", secret.as_bytes());
     }
     let cluster = config.cluster();
     // The connector retries servers on its own; bound the whole attempt.
