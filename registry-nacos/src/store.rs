@@ -46,13 +46,7 @@ pub(crate) async fn register_parts(
     group: &str,
     parts: &[(String, NacosInstance)],
 ) -> Result<()> {
-    for (service, instance) in parts {
-        naming
-            .register_instance(service.clone(), Some(group.to_owned()), instance.clone())
-            .await
-            .map_err(|e| map_err("register", e))?;
-    }
-    Ok(())
+    each_part(naming, group, parts, true).await
 }
 
 /// Deregisters every part of an instance.
@@ -61,11 +55,24 @@ pub(crate) async fn deregister_parts(
     group: &str,
     parts: &[(String, NacosInstance)],
 ) -> Result<()> {
+    each_part(naming, group, parts, false).await
+}
+
+async fn each_part(
+    naming: &NamingService,
+    group: &str,
+    parts: &[(String, NacosInstance)],
+    register: bool,
+) -> Result<()> {
     for (service, instance) in parts {
-        naming
-            .deregister_instance(service.clone(), Some(group.to_owned()), instance.clone())
-            .await
-            .map_err(|e| map_err("deregister", e))?;
+        let (service, group, instance) =
+            (service.clone(), Some(group.to_owned()), instance.clone());
+        let done = if register {
+            naming.register_instance(service, group, instance).await
+        } else {
+            naming.deregister_instance(service, group, instance).await
+        };
+        done.map_err(|e| map_err(if register { "register" } else { "deregister" }, e))?;
     }
     Ok(())
 }

@@ -19,6 +19,10 @@ use crate::{Backoff, Error, Result, ServiceInstance};
 /// [`Store::retry_cap`]).
 const FIRST_RETRY: Duration = Duration::from_millis(100);
 
+/// How many deregistered ids a handle remembers (see `Entries::removed`); past this it
+/// forgets them all, and a deregister of one of them asks the registry again.
+const MAX_REMEMBERED: usize = 4096;
+
 type Key = (String, String);
 
 enum Command {
@@ -321,6 +325,9 @@ impl<S: Store> Task<S> {
             entries.map.remove(&self.key);
         }
         if removed {
+            if entries.removed.len() >= MAX_REMEMBERED {
+                entries.removed.clear();
+            }
             entries.removed.insert(self.key.clone());
         }
         true
