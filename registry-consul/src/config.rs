@@ -4,6 +4,7 @@ use std::fmt;
 use std::time::Duration;
 
 use registry_core::config::{Secret, TlsConfig};
+use registry_core::watch::WatchConfig;
 use registry_core::{Error, RegistryUrl, Result, UrlOptions};
 
 use crate::SCHEME;
@@ -55,6 +56,9 @@ pub struct Config {
     pub request_timeout: Duration,
     /// How long a watch's blocking query waits for a change before asking again.
     pub wait: Duration,
+    /// The core watch engine's settings (URL option `watch_timeout`: how long `watch()`
+    /// waits for the first list).
+    pub watch: WatchConfig,
 }
 
 impl fmt::Debug for Config {
@@ -70,6 +74,7 @@ impl fmt::Debug for Config {
             .field("connect_timeout", &self.connect_timeout)
             .field("request_timeout", &self.request_timeout)
             .field("wait", &self.wait)
+            .field("watch", &self.watch)
             .finish_non_exhaustive()
     }
 }
@@ -87,6 +92,7 @@ impl Default for Config {
             connect_timeout: Duration::from_secs(5),
             request_timeout: Duration::from_secs(5),
             wait: Duration::from_secs(55),
+            watch: WatchConfig::default(),
         }
     }
 }
@@ -217,6 +223,7 @@ impl Config {
         }
         let tls = opts.bool("tls")?;
         let files = TlsConfig::from_options(url, &mut opts, false)?;
+        config.watch = WatchConfig::from_options(&mut opts)?;
         opts.finish()?;
         config.tls = match (tls, files) {
             (Some(false), Some(_)) => {

@@ -9,7 +9,7 @@ use registry_core::registration::Registrations;
 use registry_core::validate::validate_name;
 use registry_core::{
     Capabilities, Checked, Discovery, Registrar, RegistrationStatus, Registry, Result,
-    ServiceInstance, WatchHub, Watcher,
+    ServiceInstance, Watcher, Watches,
 };
 
 mod client;
@@ -27,6 +27,7 @@ pub use registry_core::config::TlsConfig;
 
 use crate::client::Client;
 use crate::format::from_consul;
+use crate::source::ConsulSource;
 use crate::store::ConsulStore;
 
 /// The URL scheme of this backend.
@@ -42,7 +43,7 @@ pub async fn connect(url: &str) -> Result<Arc<dyn Registry>> {
 struct Inner {
     client: Arc<Client>,
     config: Config,
-    hub: WatchHub,
+    hub: Watches<ConsulSource>,
     registrations: Registrations<ConsulStore>,
 }
 
@@ -85,11 +86,18 @@ impl ConsulRegistry {
             client: client.clone(),
             config: config.clone(),
         };
+        let hub = Watches::with_config(
+            ConsulSource {
+                client: client.clone(),
+                wait: config.wait,
+            },
+            config.watch.clone(),
+        );
         Ok(ConsulRegistry {
             inner: Arc::new(Inner {
                 client,
                 config,
-                hub: WatchHub::new(),
+                hub,
                 registrations: Registrations::new(store),
             }),
         })
@@ -119,15 +127,7 @@ impl Discovery for ConsulRegistry {
 
     async fn watch(&self, name: &str) -> Result<Watcher> {
         validate_name(name)?;
-        let client = self.inner.client.clone();
-        let wait = self.inner.config.wait;
-        let owned = name.to_owned();
-        self.inner
-            .hub
-            .watch(name, move |publisher| {
-                source::follow(client, owned, wait, publisher)
-            })
-            .await
+        self.inner.hub.watch(name).await
     }
 }
 
@@ -155,7 +155,7 @@ impl Registry for ConsulRegistry {
 
     async fn close(&self) -> Result<()> {
         let result = self.inner.registrations.close().await;
-        self.inner.hub.shutdown();
+        self.inner.hub.close().await;
         result
     }
 

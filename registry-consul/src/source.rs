@@ -1,54 +1,69 @@
-//! Following a service: blocking queries on its passing list.
+//! Consul's reading primitives for the core's watch engine: the passing list of a service
+//! with its `X-Consul-Index`, and blocking queries from that index.
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use registry_core::{Backoff, Publisher};
+use async_trait::async_trait;
+use registry_core::watch::{Source, Stop, Updates};
+use registry_core::{Result, ServiceInstance};
 
 use crate::client::Client;
 use crate::format::from_consul;
 
 /// The least time between two blocking queries of one watch when the first answered at once
-/// without the index moving (nothing changed: a busy index or a flapping check).
+/// without the index moving (nothing changed: a busy index or a flapping check). Consul asks
+/// clients to rate-limit blocking queries; changes in a row (a rolling deploy) are read
+/// without a pause.
 const MIN_QUERY_GAP: Duration = Duration::from_millis(100);
 
-/// The upstream of one service's shared watch: blocking queries on the passing list.
-pub(crate) async fn follow(
-    client: Arc<Client>,
-    name: String,
-    wait: Duration,
-    publisher: Publisher,
-) {
-    let mut index = 0u64;
-    let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
-    loop {
-        let started = tokio::time::Instant::now();
-        match client.health(&name, Some((index, wait))).await {
-            Ok((entries, new_index)) => {
-                backoff.reset();
-                let moved = new_index != index;
-                // Consul: an index that goes backwards (the agent restarted) resets it, and
-                // an index must be above zero.
-                index = if new_index < index {
-                    0
-                } else {
-                    new_index.max(1)
+/// The agent's health endpoint, read by blocking queries.
+pub(crate) struct ConsulSource {
+    pub(crate) client: Arc<Client>,
+    /// How long one blocking query waits for a change (a hung agent is noticed after it).
+    pub(crate) wait: Duration,
+}
+
+#[async_trait]
+impl Source for ConsulSource {
+    /// The `X-Consul-Index` of the read. After a failure the engine lists again (the
+    /// default `resume`): an agent that restarted may count from a lower index.
+    type Position = u64;
+
+    async fn list(&self, name: &str) -> Result<(Vec<ServiceInstance>, u64)> {
+        let (entries, index) = self.client.health(name, None).await?;
+        let list = entries.into_iter().filter_map(from_consul).collect();
+        // Consul: an index must be above zero.
+        Ok((list, index.max(1)))
+    }
+
+    async fn follow(&self, name: &str, from: u64, updates: &Updates<u64>) -> Stop {
+        let mut index = from;
+        let mut first = true;
+        loop {
+            let started = tokio::time::Instant::now();
+            let (entries, new_index) =
+                match self.client.health(name, Some((index, self.wait))).await {
+                    Ok(answer) => answer,
+                    Err(e) => return Stop::Failed(e),
                 };
-                publisher.publish(entries.into_iter().filter_map(from_consul).collect());
-                // Consul asks clients to rate-limit blocking queries: an answer that came at
-                // once with the index where it was (nothing changed) is followed by a short
-                // pause. Changes in a row (a rolling deploy) are read without one.
+            if first {
+                updates.following();
+                first = false;
+            }
+            // Consul: an index that goes backwards (the agent restarted) resets the watch.
+            if new_index < index {
+                return Stop::Resync;
+            }
+            let moved = new_index != index;
+            index = new_index.max(1);
+            if moved {
+                updates.list(entries.into_iter().filter_map(from_consul).collect(), index);
+            } else {
                 let took = started.elapsed();
-                if !moved && took < MIN_QUERY_GAP {
+                if took < MIN_QUERY_GAP {
                     tokio::time::sleep(MIN_QUERY_GAP - took).await;
                 }
-            }
-            Err(e) => {
-                // The agent may come back with a lower index (dev mode forgets everything):
-                // ask afresh, without blocking, once it answers.
-                index = 0;
-                publisher.report_error(e);
-                tokio::time::sleep(backoff.delay()).await;
             }
         }
     }

@@ -61,7 +61,7 @@ pub use memory::MemoryRegistry;
 pub use options::{redact, HostPort, RegistryUrl, UrlOptions};
 pub use registration::{RegistrationState, RegistrationStatus};
 pub use registry::{Discovery, Registrar, Registry};
-pub use watch::{Publisher, WatchHub, Watcher};
+pub use watch::{Instances, WatchConfig, WatchEvent, Watcher, Watches};
 
 /// Re-exported so that backends and users name the same `Url` type.
 pub use url::Url;

@@ -22,9 +22,10 @@ use url::Url;
 
 use crate::registration::{self, Registrations};
 use crate::validate::validate_name;
+use crate::watch::{self as watching, Stop, Updates};
 use crate::{
     Capabilities, Discovery, Error, Registrar, RegistrationStatus, Registry, Result,
-    ServiceInstance, UrlOptions, WatchHub, Watcher,
+    ServiceInstance, UrlOptions, Watcher, Watches,
 };
 
 /// The URL scheme of this backend.
@@ -133,7 +134,35 @@ pub struct MemoryRegistry {
     ttl: Duration,
     registrations: Registrations<Writer>,
     /// This handle's watches (of the shared store).
-    hub: WatchHub,
+    hub: Watches<Reader>,
+}
+
+/// The memory backend's primitives for the core's watch engine.
+#[derive(Debug)]
+struct Reader {
+    store: Arc<Store>,
+}
+
+#[async_trait]
+impl watching::Source for Reader {
+    type Position = ();
+
+    async fn list(&self, name: &str) -> Result<(Vec<ServiceInstance>, ())> {
+        Ok((self.store.list(name), ()))
+    }
+
+    async fn follow(&self, name: &str, _from: (), updates: &Updates<()>) -> Stop {
+        let mut changed = self.store.changed.subscribe();
+        updates.following();
+        // Listed once more: a change between the engine's list and the subscription counts.
+        updates.list(self.store.list(name), ());
+        loop {
+            if changed.changed().await.is_err() {
+                return Stop::Failed(Error::Closed);
+            }
+            updates.list(self.store.list(name), ());
+        }
+    }
 }
 
 /// The memory backend's primitives for the core's registration supervisor.
@@ -254,10 +283,12 @@ impl MemoryRegistry {
                 store: store.clone(),
                 owner,
             }),
+            hub: Watches::new(Reader {
+                store: store.clone(),
+            }),
             store,
             owner,
             ttl,
-            hub: WatchHub::new(),
         }
     }
 
@@ -332,19 +363,7 @@ impl Discovery for MemoryRegistry {
 
     async fn watch(&self, name: &str) -> Result<Watcher> {
         validate_name(name)?;
-        let store = self.store.clone();
-        let name = name.to_owned();
-        self.hub
-            .watch(&name.clone(), move |publisher| async move {
-                let mut changed = store.changed.subscribe();
-                loop {
-                    publisher.publish(store.list(&name));
-                    if changed.changed().await.is_err() {
-                        break;
-                    }
-                }
-            })
-            .await
+        self.hub.watch(name).await
     }
 }
 
@@ -376,7 +395,7 @@ impl Registry for MemoryRegistry {
 
     async fn close(&self) -> Result<()> {
         let result = self.registrations.close().await;
-        self.hub.shutdown();
+        self.hub.close().await;
         result
     }
 }
@@ -392,8 +411,8 @@ mod tests {
             .unwrap()
     }
 
-    fn ids(list: Vec<ServiceInstance>) -> Vec<String> {
-        list.into_iter().map(|i| i.id).collect()
+    fn ids(list: impl AsRef<[ServiceInstance]>) -> Vec<String> {
+        list.as_ref().iter().map(|i| i.id.clone()).collect()
     }
 
     #[tokio::test(start_paused = true)]

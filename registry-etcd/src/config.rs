@@ -4,6 +4,7 @@ use std::fmt;
 use std::time::Duration;
 
 use registry_core::config::{Credentials, TlsConfig};
+use registry_core::watch::WatchConfig;
 use registry_core::{Error, RegistryUrl, Result, UrlOptions};
 
 use crate::{DEFAULT_NAMESPACE, DEFAULT_PORT, DEFAULT_TTL, MIN_TTL, SCHEME};
@@ -39,6 +40,9 @@ pub struct Config {
     pub connect_timeout: Duration,
     /// How long to wait for each request.
     pub request_timeout: Duration,
+    /// The core watch engine's settings (URL option `watch_timeout`: how long `watch()`
+    /// waits for the first list).
+    pub watch: WatchConfig,
 }
 
 impl fmt::Debug for Config {
@@ -51,6 +55,7 @@ impl fmt::Debug for Config {
             .field("tls", &self.tls)
             .field("connect_timeout", &self.connect_timeout)
             .field("request_timeout", &self.request_timeout)
+            .field("watch", &self.watch)
             .finish_non_exhaustive()
     }
 }
@@ -65,6 +70,7 @@ impl Default for Config {
             tls: None,
             connect_timeout: Duration::from_secs(5),
             request_timeout: Duration::from_secs(5),
+            watch: WatchConfig::default(),
         }
     }
 }
@@ -165,6 +171,7 @@ impl Config {
         }
         config.credentials = Credentials::from_url(url, &mut opts)?;
         config.tls = TlsConfig::from_options(url, &mut opts, true)?;
+        config.watch = WatchConfig::from_options(&mut opts)?;
         opts.finish()?;
         config
             .check()

@@ -9,7 +9,7 @@ use registry_core::registration::Registrations;
 use registry_core::validate::validate_name;
 use registry_core::{
     Capabilities, Checked, Discovery, Error, Registrar, RegistrationStatus, Registry, Result,
-    ServiceInstance, WatchHub, Watcher,
+    ServiceInstance, Watcher, Watches,
 };
 
 mod client;
@@ -25,6 +25,7 @@ pub use config::Config;
 pub use registry_core::config::TlsConfig;
 
 use crate::core::Connection;
+use crate::source::EtcdSource;
 use crate::store::EtcdStore;
 
 /// The URL scheme of this backend.
@@ -48,7 +49,7 @@ pub async fn connect(url: &str) -> Result<Arc<dyn Registry>> {
 struct Inner {
     conn: Arc<Connection>,
     config: Config,
-    hub: WatchHub,
+    hub: Watches<EtcdSource>,
     registrations: Registrations<EtcdStore>,
 }
 
@@ -89,11 +90,18 @@ impl EtcdRegistry {
             namespace: config.namespace.clone(),
             ttl: config.ttl,
         };
+        let hub = Watches::with_config(
+            EtcdSource {
+                conn: conn.clone(),
+                namespace: config.namespace.clone(),
+            },
+            config.watch.clone(),
+        );
         Ok(EtcdRegistry {
             inner: Arc::new(Inner {
                 conn,
                 config,
-                hub: WatchHub::new(),
+                hub,
                 registrations: Registrations::new(store),
             }),
         })
@@ -133,15 +141,7 @@ impl Discovery for EtcdRegistry {
 
     async fn watch(&self, name: &str) -> Result<Watcher> {
         validate_name(name)?;
-        let conn = self.inner.conn.clone();
-        let prefix = self.prefix(name);
-        let owned = name.to_owned();
-        self.inner
-            .hub
-            .watch(name, move |publisher| {
-                source::follow(conn, prefix, owned, publisher)
-            })
-            .await
+        self.inner.hub.watch(name).await
     }
 }
 
@@ -169,7 +169,7 @@ impl Registry for EtcdRegistry {
 
     async fn close(&self) -> Result<()> {
         let result = self.inner.registrations.close().await;
-        self.inner.hub.shutdown();
+        self.inner.hub.close().await;
         result
     }
 

@@ -1,12 +1,14 @@
-//! Reading a service's prefix and following it: list, then watch from the list's revision + 1;
-//! after a failure resume from the last revision seen, or list again when etcd no longer has
-//! that revision (compacted, or its data was reset).
+//! etcd's reading primitives for the core's watch engine: list a service's prefix at a
+//! revision, watch it from the next one, and tell whether a revision seen before can still be
+//! resumed from (not compacted, and etcd did not lose its data).
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
-use std::time::Duration;
+use std::fmt;
+use std::sync::{Arc, Mutex, MutexGuard};
 
-use registry_core::{Backoff, Error, Publisher, Result, ServiceInstance};
+use async_trait::async_trait;
+use registry_core::watch::{Source, Stop, Updates};
+use registry_core::{Error, Result, ServiceInstance};
 
 use crate::client::WatchStream;
 use crate::core::Connection;
@@ -84,23 +86,29 @@ pub(crate) async fn list(conn: &Connection, prefix: &str, name: &str) -> Result<
     Ok(view)
 }
 
-/// Whether etcd's history still holds `view` at its revision, so that a watch from the next
-/// revision continues it without a gap: false when that revision was compacted away, or when
-/// etcd lost its data (the revision is in the future, or its keys or values differ).
-async fn still_holds(conn: &Connection, prefix: &str, view: &View) -> Result<bool> {
+/// Whether etcd's history still holds the view at `revision` (its keys' `revisions`), so that a
+/// watch from the next revision continues it without a gap: false when that revision was
+/// compacted away, or when etcd lost its data (the revision is in the future, or its keys or
+/// values differ).
+async fn still_holds(
+    conn: &Connection,
+    prefix: &str,
+    revision: i64,
+    revisions: &BTreeMap<Vec<u8>, (i64, u64)>,
+) -> Result<bool> {
     let (generation, client) = conn.client();
-    match client.get_prefix(prefix.as_bytes(), view.revision).await {
+    match client.get_prefix(prefix.as_bytes(), revision).await {
         Ok(resp) => {
             let then: BTreeMap<Vec<u8>, (i64, u64)> = resp
                 .kvs
                 .iter()
                 .map(|kv| (kv.key.clone(), (kv.mod_revision, value_hash(&kv.value))))
                 .collect();
-            Ok(then == view.revisions)
+            Ok(then == *revisions)
         }
         // "required revision has been compacted" / "required revision is a future revision".
         Err(e) if is_out_of_range(&e) => {
-            tracing::info!(%prefix, revision = view.revision, reason = %e, "etcd watch cannot resume; listing again");
+            tracing::info!(%prefix, revision, reason = %e, "etcd watch cannot resume; listing again");
             Ok(false)
         }
         Err(e) => {
@@ -110,111 +118,125 @@ async fn still_holds(conn: &Connection, prefix: &str, view: &View) -> Result<boo
     }
 }
 
-/// The upstream of one service's shared watch: list once, then follow events; after a
-/// failure resume from the last revision seen, or list again when etcd no longer has it.
-pub(crate) async fn follow(
-    conn: Arc<Connection>,
-    prefix: String,
-    name: String,
-    publisher: Publisher,
-) {
-    let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
-    let mut view = None;
-    loop {
-        if let Err(e) =
-            follow_once(&conn, &prefix, &name, &publisher, &mut view, &mut backoff).await
-        {
-            tracing::debug!(%prefix, error = %e, "etcd watch interrupted");
-            publisher.report_error(e);
-        }
-        tokio::time::sleep(backoff.delay()).await;
+/// Where a watch of one service stands: the view it keeps, shared with the engine so that a
+/// resume after a failure goes on from it (the view changes in place as events come).
+#[derive(Clone, Default)]
+pub(crate) struct Position(Arc<Mutex<View>>);
+
+impl Position {
+    fn view(&self) -> MutexGuard<'_, View> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner())
     }
 }
 
-/// One connection's worth of [`follow`]: returns when the watch fails, keeping in `view`
-/// what was seen so far.
-async fn follow_once(
-    conn: &Connection,
-    prefix: &str,
-    name: &str,
-    publisher: &Publisher,
-    view: &mut Option<View>,
-    backoff: &mut Backoff,
-) -> Result<()> {
-    if let Some(seen) = view.as_ref() {
-        if !still_holds(conn, prefix, seen).await? {
-            *view = None;
-        }
+impl fmt::Debug for Position {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_tuple("Position")
+            .field(&self.view().revision)
+            .finish()
     }
-    if view.is_none() {
-        let fresh = list(conn, prefix, name).await?;
-        publisher.publish(fresh.list());
-        *view = Some(fresh);
-    }
-    let Some(view) = view.as_mut() else {
-        return Ok(());
-    };
-    let (generation, client) = conn.client();
-    let watching = async {
-        let mut stream = client
-            .watch_prefix(prefix.as_bytes(), view.revision + 1)
-            .await
-            .map_err(|e| map_err("watch", e))?;
-        backoff.reset();
-        apply_events(&mut stream, view, name, publisher).await
-    };
-    let result = watching.await;
-    if matches!(&result, Err(e) if e.is_temporary()) {
-        conn.failover(generation).await;
-    }
-    result
 }
 
-/// Applies the watch's events to `view`, publishing after each response, until it fails.
+/// etcd's primitives for the core's watch engine: list a prefix at a revision, watch it from
+/// the next one, and tell whether a revision can still be resumed from.
+pub(crate) struct EtcdSource {
+    pub(crate) conn: Arc<Connection>,
+    pub(crate) namespace: String,
+}
+
+impl EtcdSource {
+    pub(crate) fn prefix(&self, name: &str) -> String {
+        format!("{}/{name}/", self.namespace)
+    }
+}
+
+#[async_trait]
+impl Source for EtcdSource {
+    type Position = Position;
+
+    async fn list(&self, name: &str) -> Result<(Vec<ServiceInstance>, Position)> {
+        let view = list(&self.conn, &self.prefix(name), name).await?;
+        Ok((view.list(), Position(Arc::new(Mutex::new(view)))))
+    }
+
+    async fn resume(&self, name: &str, from: &Position) -> Result<bool> {
+        let (revision, revisions) = {
+            let view = from.view();
+            (view.revision, view.revisions.clone())
+        };
+        still_holds(&self.conn, &self.prefix(name), revision, &revisions).await
+    }
+
+    async fn follow(&self, name: &str, from: Position, updates: &Updates<Position>) -> Stop {
+        let prefix = self.prefix(name);
+        let (generation, client) = self.conn.client();
+        let revision = from.view().revision;
+        let stop = match client.watch_prefix(prefix.as_bytes(), revision + 1).await {
+            Ok(mut stream) => {
+                updates.following();
+                apply_events(&mut stream, &from, name, updates).await
+            }
+            Err(e) => Stop::Failed(map_err("watch", e)),
+        };
+        if matches!(&stop, Stop::Failed(e) if e.is_temporary()) {
+            self.conn.failover(generation).await;
+        }
+        stop
+    }
+}
+
+/// Applies the watch's events to the view, handing the list over after each response, until
+/// the watch fails or etcd cancels it.
 async fn apply_events(
     stream: &mut WatchStream,
-    view: &mut View,
+    position: &Position,
     name: &str,
-    publisher: &Publisher,
-) -> Result<()> {
+    updates: &Updates<Position>,
+) -> Stop {
     loop {
-        let Some(resp) = stream.message().await.map_err(|e| map_err("watch", e))? else {
-            return Err(Error::Unavailable {
-                message: "etcd watch stream ended".into(),
-                source: None,
-            });
+        let resp = match stream.message().await {
+            Ok(Some(resp)) => resp,
+            Ok(None) => {
+                return Stop::Failed(Error::Unavailable {
+                    message: "etcd watch stream ended".into(),
+                    source: None,
+                })
+            }
+            Err(e) => return Stop::Failed(map_err("watch", e)),
         };
         if resp.canceled {
-            // Compacted past our revision, most likely: the next round checks and lists.
-            return Err(Error::Backend {
-                backend: crate::SCHEME,
-                message: format!(
-                    "watch canceled (compacted at {}): {}",
-                    resp.compact_revision, resp.cancel_reason
-                ),
-                temporary: false,
-                source: None,
-            });
+            // Compacted past our revision, most likely: list again.
+            tracing::info!(
+                compacted = resp.compact_revision,
+                reason = %resp.cancel_reason,
+                "etcd canceled the watch"
+            );
+            return Stop::Resync;
         }
-        for event in &resp.events {
-            let Some(kv) = &event.kv else { continue };
-            match EventType::try_from(event.r#type) {
-                Ok(EventType::Put) => view.put(&kv.key, &kv.value, kv.mod_revision, name),
-                Ok(EventType::Delete) => view.delete(&kv.key),
-                Err(_) => {
-                    tracing::warn!(
-                        kind = event.r#type,
-                        "etcd watch event of an unknown type; skipped"
-                    );
-                    continue;
+        if resp.events.is_empty() {
+            continue;
+        }
+        let list = {
+            let mut view = position.view();
+            for event in &resp.events {
+                let Some(kv) = &event.kv else { continue };
+                match EventType::try_from(event.r#type) {
+                    Ok(EventType::Put) => view.put(&kv.key, &kv.value, kv.mod_revision, name),
+                    Ok(EventType::Delete) => view.delete(&kv.key),
+                    Err(_) => {
+                        tracing::warn!(
+                            kind = event.r#type,
+                            "etcd watch event of an unknown type; skipped"
+                        );
+                        continue;
+                    }
                 }
+                // A revision's events all come in one response: after it, the view is the
+                // state at the newest event's revision.
+                view.revision = view.revision.max(kv.mod_revision);
             }
-            // A revision's events all come in one response: after it, the view is the state
-            // at the newest event's revision.
-            view.revision = view.revision.max(kv.mod_revision);
-        }
-        if !resp.events.is_empty() {
-            publisher.publish(view.list());
-        }
+            view.list()
+        };
+        updates.list(list, position.clone());
     }
 }

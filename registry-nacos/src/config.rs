@@ -4,6 +4,7 @@ use std::fmt;
 use std::path::PathBuf;
 
 use registry_core::config::Credentials;
+use registry_core::watch::WatchConfig;
 use registry_core::{Error, RegistryUrl, Result, UrlOptions};
 
 use crate::SCHEME;
@@ -47,6 +48,9 @@ pub struct Config {
     /// Where nacos-sdk keeps its cache; a directory private to this registry (removed when it
     /// is dropped) when `None`.
     pub cache_dir: Option<PathBuf>,
+    /// The core watch engine's settings (URL option `watch_timeout`: how long `watch()`
+    /// waits for the first list).
+    pub watch: WatchConfig,
 }
 
 impl fmt::Debug for Config {
@@ -59,6 +63,7 @@ impl fmt::Debug for Config {
             .field("weight", &self.weight)
             .field("credentials", &self.credentials)
             .field("cache_dir", &self.cache_dir)
+            .field("watch", &self.watch)
             .finish_non_exhaustive()
     }
 }
@@ -73,6 +78,7 @@ impl Default for Config {
             weight: DEFAULT_WEIGHT,
             credentials: None,
             cache_dir: None,
+            watch: WatchConfig::default(),
         }
     }
 }
@@ -177,6 +183,7 @@ impl Config {
         if let Some(dir) = opts.string("cache_dir") {
             config.cache_dir = Some(dir.into());
         }
+        config.watch = WatchConfig::from_options(&mut opts)?;
         opts.finish()?;
         if let Some(weight) = weight {
             config.weight = weight.parse().map_err(|_| {

@@ -11,7 +11,7 @@ use registry_core::registration::Registrations;
 use registry_core::validate::validate_name;
 use registry_core::{
     Capabilities, Checked, Discovery, Error, Registrar, RegistrationStatus, Registry, Result,
-    ServiceInstance, WatchHub, Watcher,
+    ServiceInstance, Watcher, Watches,
 };
 use tokio::sync::oneshot;
 
@@ -26,7 +26,7 @@ pub use config::{Config, DEFAULT_CLUSTER, DEFAULT_GROUP, DEFAULT_PORT, DEFAULT_W
 
 use crate::error::map_err;
 use crate::format::to_nacos;
-use crate::source::instances_of;
+use crate::source::{instances_of, NacosSource};
 use crate::store::{deregister_parts, NacosStore, Written};
 
 /// The URL scheme of this backend.
@@ -50,7 +50,7 @@ pub async fn connect(url: &str) -> Result<Arc<dyn Registry>> {
 pub struct NacosRegistry {
     naming: NamingService,
     config: Config,
-    hub: WatchHub,
+    hub: Watches<NacosSource>,
     registrations: Registrations<NacosStore>,
     /// Dropped with the registry: wakes the task that deregisters what is left.
     _dropped: oneshot::Sender<()>,
@@ -82,6 +82,10 @@ impl NacosRegistry {
             written.clone(),
             on_drop,
         ));
+        let hub = Watches::with_config(
+            NacosSource::new(naming.clone(), config.group.clone()),
+            config.watch.clone(),
+        );
         Ok(NacosRegistry {
             registrations: Registrations::new(NacosStore {
                 naming: naming.clone(),
@@ -90,7 +94,7 @@ impl NacosRegistry {
             }),
             naming,
             config,
-            hub: WatchHub::new(),
+            hub,
             _dropped: dropped,
             _cache: cache,
         })
@@ -142,19 +146,14 @@ impl Registrar for NacosRegistry {
 impl Discovery for NacosRegistry {
     async fn get_service(&self, name: &str) -> Result<Vec<ServiceInstance>> {
         validate_name(name)?;
-        source::list(&self.naming, &self.config.group, name).await
+        let (mut list, _) = source::list(&self.naming, &self.config.group, name).await?;
+        list.sort_by(|a, b| a.id.cmp(&b.id));
+        Ok(list)
     }
 
     async fn watch(&self, name: &str) -> Result<Watcher> {
         validate_name(name)?;
-        let naming = self.naming.clone();
-        let group = self.config.group.clone();
-        let owned = name.to_owned();
-        self.hub
-            .watch(name, move |publisher| {
-                source::follow(naming, group, owned, publisher)
-            })
-            .await
+        self.hub.watch(name).await
     }
 }
 
@@ -185,7 +184,7 @@ impl Registry for NacosRegistry {
 
     async fn close(&self) -> Result<()> {
         let result = self.registrations.close().await;
-        self.hub.shutdown();
+        self.hub.close().await;
         result
     }
 

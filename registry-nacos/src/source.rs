@@ -1,14 +1,19 @@
-//! Reading a name's services and following them: one subscription per Nacos service of the
-//! name, the whole list rebuilt after each push.
+//! Nacos' reading primitives for the core's watch engine: a name's services read once, then
+//! one subscription per Nacos service of the name, the whole list rebuilt after each push.
+//! Schemes other than the common ones are found when the engine lists (at the start and
+//! after a failure); there is no periodic scan of the group.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use registry_core::watch::{Source, Stop, Updates};
 
 use nacos_sdk::api::naming::{
     NamingChangeEvent, NamingEventListener, NamingService, ServiceInstance as NacosInstance,
 };
-use registry_core::{Backoff, Publisher, Result, ServiceInstance};
+use registry_core::{Result, ServiceInstance};
 use tokio::sync::mpsc;
 
 use crate::error::map_err;
@@ -16,23 +21,22 @@ use crate::format::{assemble, service_of, Services};
 
 /// Schemes a watch follows from its start, before they appear in the service list.
 const COMMON_SCHEMES: [&str; 4] = ["http", "https", "grpc", "grpcs"];
-/// How often a watch looks for services of its name with other schemes.
-const RESCAN: Duration = Duration::from_secs(5);
 
-/// The instances of `name`, sorted by id.
+/// The instances of `name` (any order), and the Nacos services of the name found.
 pub(crate) async fn list(
     naming: &NamingService,
     group: &str,
     name: &str,
-) -> Result<Vec<ServiceInstance>> {
+) -> Result<(Vec<ServiceInstance>, BTreeSet<String>)> {
+    let found = services_of(naming, group, name).await?;
     let mut services = Services::new();
-    for service in services_of(naming, group, name).await? {
-        let instances = instances_of(naming, group, &service).await?;
-        services.insert(service, instances);
+    for service in &found {
+        services.insert(service.clone(), instances_of(naming, group, service).await?);
     }
-    Ok(assemble(name, &services, &BTreeMap::new())
+    let list = assemble(name, &services, &BTreeMap::new())
         .into_values()
-        .collect())
+        .collect();
+    Ok((list, found))
 }
 
 /// The Nacos services of `name`: `{name}.{scheme}`, and `name` itself (a service registered
@@ -81,7 +85,7 @@ pub(crate) async fn instances_of(
         .map_err(|e| map_err("list instances", e))
 }
 
-/// Forwards nacos-sdk's pushes to the watch task.
+/// Forwards nacos-sdk's pushes to the follow loop.
 struct Forward(mpsc::UnboundedSender<Arc<NamingChangeEvent>>);
 
 impl NamingEventListener for Forward {
@@ -90,117 +94,167 @@ impl NamingEventListener for Forward {
     }
 }
 
-/// Unsubscribes a watch's services when the watch task ends.
-struct Subscriptions {
-    naming: NamingService,
-    group: String,
+/// The subscriptions one followed name holds on the server.
+struct Subscription {
     listener: Arc<dyn NamingEventListener>,
-    services: Mutex<BTreeSet<String>>,
+    services: BTreeSet<String>,
 }
 
-impl Drop for Subscriptions {
-    fn drop(&mut self) {
-        let services = std::mem::take(self.services.get_mut().unwrap_or_else(|p| p.into_inner()));
-        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+/// Nacos' reading primitives for the core's watch engine: one subscription per Nacos
+/// service of a name (`{name}.{scheme}` for the common schemes and those listed, and the
+/// plain `name`), the whole list rebuilt after each push, and a small probe of the server
+/// (at most one per [`PROBE_EVERY`] for all watches) that tells a lost connection, which
+/// nacos-sdk hides while it reconnects.
+pub(crate) struct NacosSource {
+    pub(crate) naming: NamingService,
+    pub(crate) group: String,
+    subscriptions: Mutex<HashMap<String, Subscription>>,
+    /// When the server was last probed, and what it said.
+    probed: tokio::sync::Mutex<Option<(Instant, Result<()>)>>,
+}
+
+/// How often a watch makes sure the server still answers.
+const PROBE_EVERY: Duration = Duration::from_secs(1);
+
+impl NacosSource {
+    pub(crate) fn new(naming: NamingService, group: String) -> Self {
+        NacosSource {
+            naming,
+            group,
+            subscriptions: Mutex::default(),
+            probed: tokio::sync::Mutex::new(None),
+        }
+    }
+
+    fn subscriptions(&self) -> std::sync::MutexGuard<'_, HashMap<String, Subscription>> {
+        self.subscriptions.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Whether the server answers: one page of one service name, shared by every watch
+    /// probing within [`PROBE_EVERY`].
+    async fn probe(&self) -> Result<()> {
+        let mut probed = self.probed.lock().await;
+        if let Some((at, result)) = probed.as_ref() {
+            if at.elapsed() < PROBE_EVERY {
+                return result.clone();
+            }
+        }
+        let result = self
+            .naming
+            .get_service_list(1, 1, Some(self.group.clone()))
+            .await
+            .map(drop)
+            .map_err(|e| map_err("probe", e));
+        *probed = Some((Instant::now(), result.clone()));
+        result
+    }
+
+    /// Drops the subscriptions of `name` left by an earlier follow.
+    async fn unsubscribe(&self, name: &str) {
+        let Some(old) = self.subscriptions().remove(name) else {
             return;
         };
-        let naming = self.naming.clone();
-        let group = self.group.clone();
-        let listener = self.listener.clone();
-        runtime.spawn(async move {
-            for service in services {
-                let _ = naming
-                    .unsubscribe(service, Some(group.clone()), Vec::new(), listener.clone())
-                    .await;
+        for service in old.services {
+            if let Err(e) = self
+                .naming
+                .unsubscribe(
+                    service.clone(),
+                    Some(self.group.clone()),
+                    Vec::new(),
+                    old.listener.clone(),
+                )
+                .await
+            {
+                tracing::debug!(%service, error = %map_err("unsubscribe", e), "Nacos unsubscribe failed");
             }
-        });
+        }
     }
 }
 
-/// The upstream of one name's shared watch: one subscription per Nacos service of the name
-/// (the common schemes from the start, others as they appear), and the whole list rebuilt
-/// after each push.
-pub(crate) async fn follow(
-    naming: NamingService,
-    group: String,
-    name: String,
-    publisher: Publisher,
-) {
-    let (tx, mut rx) = mpsc::unbounded_channel();
-    let subscriptions = Subscriptions {
-        naming: naming.clone(),
-        group: group.clone(),
-        listener: Arc::new(Forward(tx)),
-        services: Mutex::default(),
-    };
-    let mut services = Services::new();
-    let mut shown = BTreeMap::new();
-    let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
-    loop {
-        // Subscribe to the services of the name not followed yet, and read them once.
-        let outcome: Result<()> = async {
-            let mut wanted = services_of(&naming, &group, &name).await?;
-            wanted.extend(COMMON_SCHEMES.iter().map(|s| service_of(&name, s)));
-            let new: Vec<String> = {
-                let followed = subscriptions
-                    .services
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner());
-                wanted
-                    .into_iter()
-                    .filter(|s| !followed.contains(s))
-                    .collect()
+#[async_trait]
+impl Source for NacosSource {
+    /// The Nacos services of the name found by the list (a follow subscribes to them too).
+    type Position = Arc<BTreeSet<String>>;
+
+    async fn list(&self, name: &str) -> Result<(Vec<ServiceInstance>, Self::Position)> {
+        let (list, found) = list(&self.naming, &self.group, name).await?;
+        Ok((list, Arc::new(found)))
+    }
+
+    async fn follow(
+        &self,
+        name: &str,
+        from: Self::Position,
+        updates: &Updates<Self::Position>,
+    ) -> Stop {
+        self.unsubscribe(name).await;
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        let listener: Arc<dyn NamingEventListener> = Arc::new(Forward(tx));
+        let mut wanted: BTreeSet<String> = from.iter().cloned().collect();
+        wanted.insert(name.to_owned());
+        wanted.extend(COMMON_SCHEMES.iter().map(|s| service_of(name, s)));
+        self.subscriptions().insert(
+            name.to_owned(),
+            Subscription {
+                listener: listener.clone(),
+                services: BTreeSet::new(),
+            },
+        );
+        let mut services = Services::new();
+        for service in wanted {
+            if let Err(e) = self
+                .naming
+                .subscribe(
+                    service.clone(),
+                    Some(self.group.clone()),
+                    Vec::new(),
+                    listener.clone(),
+                )
+                .await
+            {
+                return Stop::Failed(map_err("subscribe", e));
+            }
+            if let Some(subscription) = self.subscriptions().get_mut(name) {
+                subscription.services.insert(service.clone());
+            }
+            match instances_of(&self.naming, &self.group, &service).await {
+                Ok(instances) => services.insert(service, instances),
+                Err(e) => return Stop::Failed(e),
             };
-            for service in new {
-                naming
-                    .subscribe(
-                        service.clone(),
-                        Some(group.clone()),
-                        Vec::new(),
-                        subscriptions.listener.clone(),
-                    )
-                    .await
-                    .map_err(|e| map_err("subscribe", e))?;
-                subscriptions
-                    .services
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .insert(service.clone());
-                let instances = instances_of(&naming, &group, &service).await?;
-                services.insert(service, instances);
-            }
-            Ok(())
         }
-        .await;
-        let wait = match outcome {
-            Ok(()) => {
-                backoff.reset();
-                shown = assemble(&name, &services, &shown);
-                publisher.publish(shown.values().cloned().collect());
-                RESCAN
-            }
-            Err(e) => {
-                publisher.report_error(e);
-                backoff.delay()
-            }
-        };
-        // Apply pushes until the next rescan.
-        let rescan = tokio::time::Instant::now() + wait;
+        updates.following();
+        let mut shown = assemble(name, &services, &BTreeMap::new());
+        updates.list(shown.values().cloned().collect(), from.clone());
+        let mut probe = tokio::time::interval(PROBE_EVERY);
+        probe.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
-                _ = tokio::time::sleep_until(rescan) => break,
-                Some(event) = rx.recv() => {
+                _ = probe.tick() => {
+                    if let Err(e) = self.probe().await {
+                        return Stop::Failed(e);
+                    }
+                }
+                event = rx.recv() => {
+                    let Some(event) = event else {
+                        return Stop::Failed(registry_core::Error::Closed);
+                    };
                     let service = event
                         .service_name
                         .rsplit_once("@@")
                         .map_or(event.service_name.as_str(), |(_, s)| s)
                         .to_owned();
-                    let instances = event.instances.clone().unwrap_or_default();
-                    services.insert(service, instances);
-                    shown = assemble(&name, &services, &shown);
-                    publisher.publish(shown.values().cloned().collect());
+                    if !services.contains_key(&service) {
+                        continue;
+                    }
+                    services.insert(service, event.instances.clone().unwrap_or_default());
+                    shown = assemble(name, &services, &shown);
+                    updates.list(shown.values().cloned().collect(), from.clone());
                 }
             }
         }
+    }
+
+    async fn release(&self, name: &str) {
+        self.unsubscribe(name).await;
     }
 }

@@ -163,7 +163,7 @@ impl Store for NacosStore {
     }
 
     async fn contains(&self, name: &str, id: &str) -> Result<bool> {
-        let listed = source::list(&self.naming, &self.config.group, name).await?;
+        let (listed, _) = source::list(&self.naming, &self.config.group, name).await?;
         Ok(listed.iter().any(|instance| instance.id == id))
     }
 

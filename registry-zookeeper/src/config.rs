@@ -4,6 +4,7 @@ use std::fmt;
 use std::time::Duration;
 
 use registry_core::config::Credentials;
+use registry_core::watch::WatchConfig;
 use registry_core::{Error, RegistryUrl, Result, UrlOptions};
 
 use crate::SCHEME;
@@ -42,6 +43,9 @@ pub struct Config {
     pub digest: Option<Credentials>,
     /// How long connecting, and each request, may take.
     pub connect_timeout: Duration,
+    /// The core watch engine's settings (URL option `watch_timeout`: how long `watch()`
+    /// waits for the first list).
+    pub watch: WatchConfig,
 }
 
 impl fmt::Debug for Config {
@@ -52,6 +56,7 @@ impl fmt::Debug for Config {
             .field("session_timeout", &self.session_timeout)
             .field("digest", &self.digest)
             .field("connect_timeout", &self.connect_timeout)
+            .field("watch", &self.watch)
             .finish_non_exhaustive()
     }
 }
@@ -64,6 +69,7 @@ impl Default for Config {
             session_timeout: DEFAULT_SESSION_TIMEOUT,
             digest: None,
             connect_timeout: Duration::from_secs(5),
+            watch: WatchConfig::default(),
         }
     }
 }
@@ -140,6 +146,7 @@ impl Config {
             config.connect_timeout = t;
         }
         let digest = opts.string("digest");
+        config.watch = WatchConfig::from_options(&mut opts)?;
         opts.finish()?;
         if let Some(digest) = digest {
             match digest.split_once(':') {

@@ -9,7 +9,7 @@ use registry_core::registration::Registrations;
 use registry_core::validate::validate_name;
 use registry_core::{
     Capabilities, Checked, Discovery, Registrar, RegistrationStatus, Registry, Result,
-    ServiceInstance, WatchHub, Watcher,
+    ServiceInstance, Watcher, Watches,
 };
 use tokio::task::JoinHandle;
 use zookeeper_client::Error as Z;
@@ -26,6 +26,7 @@ pub use config::{Config, DEFAULT_PORT, DEFAULT_ROOT, DEFAULT_SESSION_TIMEOUT};
 use crate::error::map_err;
 use crate::node::timed_raw;
 use crate::session::Zk;
+use crate::source::ZkSource;
 use crate::store::ZkStore;
 
 /// The URL scheme of this backend.
@@ -44,7 +45,7 @@ pub async fn connect(url: &str) -> Result<Arc<dyn Registry>> {
 /// once, and its watchers end.
 pub struct ZkRegistry {
     zk: Arc<Zk>,
-    hub: WatchHub,
+    hub: Watches<ZkSource>,
     registrations: Registrations<ZkStore>,
     supervisor: JoinHandle<()>,
 }
@@ -78,11 +79,12 @@ impl ZkRegistry {
                 reason,
             })?;
         let zk = Zk::connect(config).await?;
+        let hub = Watches::with_config(ZkSource { zk: zk.clone() }, zk.config.watch.clone());
         Ok(ZkRegistry {
             supervisor: tokio::spawn(session::supervise(zk.clone())),
             registrations: Registrations::new(ZkStore { zk: zk.clone() }),
             zk,
-            hub: WatchHub::new(),
+            hub,
         })
     }
 
@@ -104,10 +106,6 @@ impl ZkRegistry {
     pub fn session_id(&self) -> Option<i64> {
         self.zk.current.borrow().as_ref().map(|c| c.session_id().0)
     }
-
-    fn service_path(&self, name: &str) -> String {
-        format!("{}/{name}", self.zk.config.root)
-    }
 }
 
 #[async_trait]
@@ -126,7 +124,13 @@ impl Discovery for ZkRegistry {
     async fn get_service(&self, name: &str) -> Result<Vec<ServiceInstance>> {
         validate_name(name)?;
         let client = self.zk.client().await?;
-        let instances = source::list(&self.zk, &client, &self.service_path(name), name).await?;
+        let instances = source::list(
+            &self.zk,
+            &client,
+            &self.hub.source().service_path(name),
+            name,
+        )
+        .await?;
         let mut list: Vec<_> = instances.into_values().collect();
         list.sort_by(|a, b| a.id.cmp(&b.id));
         Ok(list)
@@ -134,14 +138,7 @@ impl Discovery for ZkRegistry {
 
     async fn watch(&self, name: &str) -> Result<Watcher> {
         validate_name(name)?;
-        let zk = self.zk.clone();
-        let service_path = self.service_path(name);
-        let owned = name.to_owned();
-        self.hub
-            .watch(name, move |publisher| {
-                source::follow(zk, service_path, owned, publisher)
-            })
-            .await
+        self.hub.watch(name).await
     }
 }
 
@@ -171,7 +168,7 @@ impl Registry for ZkRegistry {
 
     async fn close(&self) -> Result<()> {
         let result = self.registrations.close().await;
-        self.hub.shutdown();
+        self.hub.close().await;
         result
     }
 

@@ -1,12 +1,13 @@
-//! Following one service: a persistent recursive watch on `{root}/{name}`, a full list after
-//! it is set and after every reconnect (events can be lost across one, ZOOKEEPER-4698), and
-//! each node's data read again when it is created or changed.
+//! ZooKeeper's reading primitives for the core's watch engine: a persistent recursive watch
+//! on `{root}/{name}`, a full list after it is set, and each node's data read again when it
+//! is created or changed.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::time::Duration;
 
-use registry_core::{Backoff, Error, Publisher, Result, ServiceInstance};
+use async_trait::async_trait;
+use registry_core::watch::{Source, Stop, Updates};
+use registry_core::{Error, Result, ServiceInstance};
 use zookeeper_client::{AddWatchMode, Client, Error as Z, EventType, SessionState};
 
 use crate::error::map_err;
@@ -59,65 +60,66 @@ pub(crate) async fn list(
     Ok(instances)
 }
 
-/// The upstream of one service's shared watch.
-pub(crate) async fn follow(zk: Arc<Zk>, service_path: String, name: String, publisher: Publisher) {
-    let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
-    loop {
-        let result = match zk.client().await {
-            Ok(client) => {
-                follow_session(&zk, &client, &service_path, &name, &publisher, &mut backoff).await
-            }
-            Err(e) => Err(e),
-        };
-        if let Err(e) = result {
-            publisher.report_error(e);
-        }
-        tokio::time::sleep(backoff.delay()).await;
+/// ZooKeeper's reading primitives for the core's watch engine.
+pub(crate) struct ZkSource {
+    pub(crate) zk: Arc<Zk>,
+}
+
+impl ZkSource {
+    pub(crate) fn service_path(&self, name: &str) -> String {
+        format!("{}/{name}", self.zk.config.root)
     }
 }
 
-/// Follows the service within one session; returns when the session ends.
+#[async_trait]
+impl Source for ZkSource {
+    /// ZooKeeper has no position to resume from: after a failure the engine lists again.
+    type Position = ();
+
+    async fn list(&self, name: &str) -> Result<(Vec<ServiceInstance>, ())> {
+        let client = self.zk.client().await?;
+        let instances = list(&self.zk, &client, &self.service_path(name), name).await?;
+        Ok((instances.into_values().collect(), ()))
+    }
+
+    async fn follow(&self, name: &str, _from: (), updates: &Updates<()>) -> Stop {
+        match follow_session(&self.zk, &self.service_path(name), name, updates).await {
+            Ok(never) => match never {},
+            Err(e) => Stop::Failed(e),
+        }
+    }
+}
+
+/// Follows the service within one connection: sets the persistent watch, lists what the
+/// engine's list may have missed, then applies events. Returns when the connection drops
+/// or the session ends: events can be lost across a reconnect (ZOOKEEPER-4698), and
+/// zookeeper-client (0.9.3 through 0.11.2) re-sends only one-shot watches on reconnect (its
+/// `resend_watches` never selects SetWatches2), so the engine sets the watch and lists again.
 async fn follow_session(
     zk: &Zk,
-    client: &Client,
     service_path: &str,
     name: &str,
-    publisher: &Publisher,
-    backoff: &mut Backoff,
-) -> Result<()> {
+    updates: &Updates<()>,
+) -> Result<std::convert::Infallible> {
+    let client = zk.client().await?;
     let mut watcher = timed(
         zk,
         "watch",
         client.watch(service_path, AddWatchMode::PersistentRecursive),
     )
     .await?;
-    let mut instances = list(zk, client, service_path, name).await?;
-    publisher.publish(instances.values().cloned().collect());
-    backoff.reset();
+    updates.following();
+    let mut instances = list(zk, &client, service_path, name).await?;
+    updates.list(instances.values().cloned().collect(), ());
     let prefix = format!("{service_path}/");
     loop {
         let event = watcher.changed().await;
         match event.event_type {
             EventType::Session => match event.session_state {
-                SessionState::SyncConnected | SessionState::ConnectedReadOnly => {
-                    // zookeeper-client (0.9.3 through 0.11.2) re-sends only one-shot watches
-                    // on reconnect (its `resend_watches` never selects SetWatches2), so a
-                    // restarted server has lost our persistent watch: add it again, then
-                    // list what was missed.
-                    let renewed = timed(
-                        zk,
-                        "watch",
-                        client.watch(service_path, AddWatchMode::PersistentRecursive),
-                    )
-                    .await?;
-                    watcher = renewed;
-                    instances = list(zk, client, service_path, name).await?;
-                }
-                SessionState::Disconnected => continue,
-                // Terminal: the watcher must not be polled again.
+                SessionState::SyncConnected | SessionState::ConnectedReadOnly => continue,
                 state => {
                     return Err(Error::Unavailable {
-                        message: format!("ZooKeeper session ended: {state:?}"),
+                        message: format!("ZooKeeper connection lost: {state:?}"),
                         source: None,
                     })
                 }
@@ -130,7 +132,7 @@ async fn follow_session(
                 else {
                     continue;
                 };
-                match read(zk, client, &event.path, name).await? {
+                match read(zk, &client, &event.path, name).await? {
                     Some(instance) => instances.insert(child.to_owned(), instance),
                     None => instances.remove(child),
                 };
@@ -144,6 +146,6 @@ async fn follow_session(
             }
             EventType::NodeChildrenChanged => continue,
         }
-        publisher.publish(instances.values().cloned().collect());
+        updates.list(instances.values().cloned().collect(), ());
     }
 }

@@ -22,7 +22,7 @@ async fn main() -> registry::Result<()> {
         .endpoint("grpc://127.0.0.1:9000?isSecure=false")
         .build()?;
     registry.register(&instance).await?;
-    for found in watcher.next().await? {
+    for found in watcher.next().await?.iter() {
         let grpc = found.endpoint("grpc").map(|e| e.authority());
         println!(
             "registered {} {} {:?}: grpc at {}",

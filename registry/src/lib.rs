@@ -152,20 +152,17 @@ mod tests {
         let registrar: Arc<dyn Registrar> = registry.clone();
         let discovery: Arc<dyn Discovery> = registry;
         let mut stream = discovery.watch("split").await.unwrap();
-        assert!(StreamExt::next(&mut stream)
-            .await
-            .unwrap()
-            .unwrap()
-            .is_empty());
+        let changed = |event: Option<WatchEvent>| match event {
+            Some(WatchEvent::Changed(list)) => list,
+            other => panic!("expected a list, got {other:?}"),
+        };
+        assert!(changed(StreamExt::next(&mut stream).await).is_empty());
         let me = ServiceInstance::builder("1", "split")
             .endpoint("http://127.0.0.1:1")
             .build()
             .unwrap();
         registrar.register(&me).await.unwrap();
-        assert_eq!(
-            StreamExt::next(&mut stream).await.unwrap().unwrap(),
-            vec![me]
-        );
+        assert_eq!(changed(StreamExt::next(&mut stream).await), vec![me]);
         stream.stop();
         assert!(
             StreamExt::next(&mut stream).await.is_none(),
