@@ -13,7 +13,7 @@ use std::collections::BTreeMap;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use registry::{Registry, ServiceInstance};
+use registry::{Registry, ServiceInstance, WatchEvent};
 
 /// List, watch, register and deregister service instances in any registry.
 #[derive(Debug, Parser)]
@@ -124,13 +124,20 @@ async fn run(cli: Cli) -> registry::Result<()> {
             let mut watcher = registry.watch(&name).await?;
             loop {
                 tokio::select! {
-                    list = watcher.next() => {
-                        let list = list?;
-                        if !cli.json {
-                            println!("-- {name}: {} instance(s)", list.len());
+                    event = watcher.next_event() => match event? {
+                        WatchEvent::Changed(list) => {
+                            if !cli.json {
+                                println!("-- {name}: {} instance(s)", list.len());
+                            }
+                            print_list(&list, cli.json);
                         }
-                        print_list(&list, cli.json);
-                    }
+                        // Outages go to stderr: stdout stays one list per line with --json.
+                        WatchEvent::Degraded(error) => {
+                            eprintln!("-- {name}: registry unreachable ({error}); the last list stands");
+                        }
+                        WatchEvent::Recovered => eprintln!("-- {name}: following the registry again"),
+                        _ => {}
+                    },
                     _ = shutdown() => return Ok(()),
                 }
             }

@@ -98,6 +98,8 @@ impl NamingEventListener for Forward {
 struct Subscription {
     listener: Arc<dyn NamingEventListener>,
     services: BTreeSet<String>,
+    /// Held by the follow call that made it: a release never takes a running follow's.
+    running: Arc<()>,
 }
 
 /// Nacos' reading primitives for the core's watch engine: one subscription per Nacos
@@ -149,9 +151,17 @@ impl NacosSource {
         result
     }
 
-    /// Drops the subscriptions of `name` left by an earlier follow.
+    /// Drops the subscriptions of `name` left by a follow that ended (a release racing with
+    /// the next watch of the name leaves the new follow's alone).
     async fn unsubscribe(&self, name: &str) {
-        let Some(old) = self.subscriptions().remove(name) else {
+        let old = {
+            let mut subscriptions = self.subscriptions();
+            match subscriptions.get(name) {
+                Some(s) if Arc::strong_count(&s.running) == 1 => subscriptions.remove(name),
+                _ => None,
+            }
+        };
+        let Some(old) = old else {
             return;
         };
         for service in old.services {
@@ -190,6 +200,7 @@ impl Source for NacosSource {
         self.unsubscribe(name).await;
         let (tx, mut rx) = mpsc::unbounded_channel();
         let listener: Arc<dyn NamingEventListener> = Arc::new(Forward(tx));
+        let running = Arc::new(());
         let mut wanted: BTreeSet<String> = from.iter().cloned().collect();
         wanted.insert(name.to_owned());
         wanted.extend(COMMON_SCHEMES.iter().map(|s| service_of(name, s)));
@@ -198,6 +209,7 @@ impl Source for NacosSource {
             Subscription {
                 listener: listener.clone(),
                 services: BTreeSet::new(),
+                running: running.clone(),
             },
         );
         let mut services = Services::new();

@@ -302,7 +302,8 @@ async fn drive<S: Source>(
         let mut run = std::pin::pin!(run(&*source, &name, &channel));
         loop {
             tokio::select! {
-                () = &mut run => {}
+                // `run` never returns; were it to, the upstream ends like a stopped one.
+                () = &mut run => break,
                 _ = closing.wait_for(|closing| *closing) => break,
                 () = channel.0.closed() => {
                     // The last local watcher went away; stop unless one subscribed meanwhile.
