@@ -1,16 +1,18 @@
 //! A tonic channel balanced over a service's `grpc` endpoints.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::HashSet;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
+use futures::StreamExt;
 use registry_core::Discovery;
+use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 use tonic::codegen::{http, BoxFuture, Context, Poll, Service, StdError};
-use tonic::transport::channel::Change;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::channel::Change as TonicChange;
+use tonic::transport::{Channel, ClientTlsConfig, Endpoint};
 
-use crate::{ClientError, Options, Resolver};
+use crate::{Change, ClientError, Discover, Node, NodeKey, Options};
 
 /// A balanced channel and the task that feeds it from the watch. Clone the channel as often
 /// as needed; dropping this stops following the registry (the channel keeps its endpoints).
@@ -103,82 +105,124 @@ impl Drop for BalancedChannel {
 /// Endpoints marked secure (`isSecure=true`) are reached over TLS with
 /// [`Options::with_grpc_tls`], and skipped without it. Waits (bounded by the options) for a
 /// first endpoint; a call while the registry lists none fails fast (see [`FailFastChannel`]).
+///
+/// Fed by a [`Discover`] stream: each [`Change`] of it becomes the same change of tonic's
+/// balanced channel, keyed alike. A node inserted again only for a new weight or metadata is
+/// left as it is (tonic's balancer uses neither). While the registry cannot be reached the
+/// channel keeps its endpoints.
 pub async fn grpc_channel(
     discovery: Arc<dyn Discovery>,
     target: &str,
     options: Options,
 ) -> Result<BalancedChannel, ClientError> {
     let tls = options.grpc_tls.clone();
-    let mut resolver = Resolver::new(discovery, target, "grpc", options).await?;
-    let (channel, sender) = Channel::balance_channel::<String>(64);
-    let empty = Arc::new(AtomicBool::new(resolver.snapshot().0.is_empty()));
+    let first_list_timeout = options.first_list_timeout;
+    let discover = Discover::new(discovery, target, "grpc", options).await?;
+    let (channel, sender) = Channel::balance_channel::<NodeKey>(64);
+    let empty = Arc::new(AtomicBool::new(true));
     let channel = FailFastChannel {
         inner: channel,
         empty: empty.clone(),
-        service: crate::parse_target(target)?.into(),
+        service: discover.service().into(),
         inner_ready: false,
     };
-    let task = tokio::spawn(async move {
-        let mut current: BTreeMap<String, ()> = BTreeMap::new();
-        // Secure endpoints skipped for want of TLS options, so that each is logged once.
-        let mut skipped: BTreeSet<String> = BTreeSet::new();
-        loop {
-            let (nodes, ended) = resolver.snapshot();
-            let wanted: BTreeMap<String, (String, bool)> = nodes
-                .iter()
-                .filter(|n| {
-                    let reachable = !n.endpoint.is_secure() || tls.is_some();
-                    if !reachable && skipped.insert(n.endpoint.as_str().to_owned()) {
-                        tracing::warn!(endpoint = %n.endpoint.as_str(), "TLS gRPC endpoint skipped: no Options::with_grpc_tls");
-                    }
-                    reachable
-                })
-                .map(|n| {
-                    let secure = n.endpoint.is_secure();
-                    let scheme = if secure { "https" } else { "http" };
-                    let uri = format!("{scheme}://{}", n.endpoint.authority());
-                    (n.endpoint.authority(), (uri, secure))
-                })
-                .collect();
-            // The last endpoint leaving: new calls fail fast from now on, before it goes.
-            if wanted.is_empty() {
-                empty.store(true, Ordering::Release);
-            }
-            for key in current
-                .keys()
-                .filter(|k| !wanted.contains_key(*k))
-                .cloned()
-                .collect::<Vec<_>>()
-            {
-                current.remove(&key);
-                if sender.send(Change::Remove(key)).await.is_err() {
-                    return;
-                }
-            }
-            for (key, (uri, secure)) in wanted {
-                if current.contains_key(&key) {
-                    continue;
-                }
-                let endpoint = Endpoint::from_shared(uri).and_then(|e| match (&tls, secure) {
-                    (Some(tls), true) => e.tls_config(tls.clone()),
-                    _ => Ok(e),
-                });
-                match endpoint {
-                    Ok(endpoint) => {
-                        current.insert(key.clone(), ());
-                        if sender.send(Change::Insert(key, endpoint)).await.is_err() {
-                            return;
-                        }
-                    }
-                    Err(e) => tracing::warn!(%key, error = %e, "not a gRPC endpoint; skipped"),
-                }
-            }
-            // Inserted first, so a call let through finds an endpoint.
-            empty.store(current.is_empty(), Ordering::Release);
-            if ended || !resolver.changed().await {
+    let (first_tx, first_rx) = oneshot::channel();
+    let feed = Feed {
+        sender,
+        tls,
+        empty,
+        live: HashSet::new(),
+        skipped: HashSet::new(),
+        first: Some(first_tx),
+    };
+    let task = tokio::spawn(feed.run(discover));
+    // Resolves at the first endpoint, or when the feed ended without one.
+    let _ = tokio::time::timeout(first_list_timeout, first_rx).await;
+    Ok(BalancedChannel { channel, task })
+}
+
+/// Feeds tonic's balanced channel from a [`Discover`] stream.
+struct Feed {
+    sender: mpsc::Sender<TonicChange<NodeKey, Endpoint>>,
+    tls: Option<ClientTlsConfig>,
+    /// The fail-fast flag of the channel: true while `live` is empty.
+    empty: Arc<AtomicBool>,
+    /// The keys in the channel.
+    live: HashSet<NodeKey>,
+    /// Secure endpoints left out for want of TLS options, each logged once while listed.
+    skipped: HashSet<NodeKey>,
+    /// Told at the first endpoint in the channel.
+    first: Option<oneshot::Sender<()>>,
+}
+
+impl Feed {
+    async fn run(mut self, mut discover: Discover) {
+        while let Some(Ok(change)) = discover.next().await {
+            let sent = match change {
+                Change::Insert(key, node) => self.insert(key, &node).await,
+                Change::Remove(key) => self.remove(key).await,
+            };
+            if !sent {
                 return;
             }
         }
-    });
-    Ok(BalancedChannel { channel, task })
+        tracing::warn!(service = %discover.service(), "discovery watch ended; the gRPC channel keeps its last endpoints");
+    }
+
+    /// Puts `node` in the channel under `key`; false when the channel is gone.
+    async fn insert(&mut self, key: NodeKey, node: &Node) -> bool {
+        // The endpoint text is part of the key: a key inserted again has the same address
+        // and TLS, and only a new weight or metadata, which tonic's balancer does not use.
+        if self.live.contains(&key) || self.skipped.contains(&key) {
+            return true;
+        }
+        let secure = node.endpoint.is_secure();
+        if secure && self.tls.is_none() {
+            tracing::warn!(endpoint = %node.endpoint.as_str(), "TLS gRPC endpoint skipped: no Options::with_grpc_tls");
+            self.skipped.insert(key);
+            return true;
+        }
+        let scheme = if secure { "https" } else { "http" };
+        let uri = format!("{scheme}://{}", node.endpoint.authority());
+        let endpoint = Endpoint::from_shared(uri).and_then(|e| match (&self.tls, secure) {
+            (Some(tls), true) => e.tls_config(tls.clone()),
+            _ => Ok(e),
+        });
+        let endpoint = match endpoint {
+            Ok(endpoint) => endpoint,
+            Err(error) => {
+                tracing::warn!(%key, %error, "not a gRPC endpoint; skipped");
+                self.skipped.insert(key);
+                return true;
+            }
+        };
+        if self
+            .sender
+            .send(TonicChange::Insert(key.clone(), endpoint))
+            .await
+            .is_err()
+        {
+            return false;
+        }
+        self.live.insert(key);
+        // Inserted first, so a call let through finds an endpoint.
+        self.empty.store(false, Ordering::Release);
+        if let Some(first) = self.first.take() {
+            let _ = first.send(());
+        }
+        true
+    }
+
+    /// Takes `key` out of the channel; false when the channel is gone.
+    async fn remove(&mut self, key: NodeKey) -> bool {
+        self.skipped.remove(&key);
+        if !self.live.remove(&key) {
+            return true;
+        }
+        // The last endpoint leaving: new calls fail fast from now on, before it goes.
+        if self.live.is_empty() {
+            self.empty.store(true, Ordering::Release);
+        }
+        self.sender.send(TonicChange::Remove(key)).await.is_ok()
+    }
 }

@@ -9,9 +9,12 @@
 //! - [`HttpBalancer`]: picks an `http` endpoint per request, round-robin (weighted by the
 //!   metadata `weight`) or power of two choices (fewest requests in flight); use the URL it
 //!   gives with any HTTP client.
+//! - [`Discover`]: the endpoints of one scheme as a stream of [`Change`]s (insert, remove),
+//!   keyed by [`NodeKey`] (instance id and endpoint): a `tower::discover::Discover`, for any
+//!   tower balancer; transport-neutral (see the README for a balancer over it).
 //! - [`grpc_channel`]: a `tonic::transport::Channel` balanced over the `grpc` endpoints (tonic's
-//!   `balance_channel`), fed by the watch: a change inserts and removes endpoints without
-//!   dropping calls in flight.
+//!   `balance_channel`), fed by a [`Discover`] stream: a change inserts and removes endpoints
+//!   without dropping calls in flight.
 //!
 //! ```no_run
 //! # async fn run() -> Result<(), registry_client::ClientError> {
@@ -38,6 +41,7 @@ struct ReadmeDoctests;
 
 mod app;
 mod balancer;
+mod discover;
 mod grpc;
 mod resolver;
 
@@ -45,6 +49,7 @@ use std::time::Duration;
 
 pub use app::{shutdown_signal, App};
 pub use balancer::{HttpBalancer, Picked, Strategy};
+pub use discover::{Change, Discover, NodeKey};
 pub use grpc::{grpc_channel, BalancedChannel, FailFastChannel};
 pub use resolver::{Node, Resolver, MAX_WEIGHT};
 

@@ -1,5 +1,6 @@
 //! The endpoints of one scheme of a service, kept current by the registry's watch.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -7,7 +8,7 @@ use registry_core::{Discovery, Endpoint, ServiceInstance};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-use crate::{parse_target, ClientError, Options};
+use crate::{parse_target, ClientError, Filter, Options};
 
 /// One endpoint a client may call.
 #[derive(Debug, Clone, PartialEq)]
@@ -18,6 +19,9 @@ pub struct Node {
     pub endpoint: Endpoint,
     /// Its weight: the instance's metadata `weight`, else 1; at most [`MAX_WEIGHT`].
     pub weight: f64,
+    /// The instance's metadata (shared by the nodes of one instance), for a consumer that
+    /// routes by it (a zone, a region).
+    pub metadata: Arc<BTreeMap<String, String>>,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -78,18 +82,44 @@ fn weight_of(instance: &ServiceInstance) -> f64 {
 
 fn nodes_of(list: &[ServiceInstance], scheme: &str, options: &Options) -> Vec<Node> {
     list.iter()
-        .filter(|i| options.filter.as_ref().is_none_or(|f| f(i)))
-        .flat_map(|i| {
-            let weight = weight_of(i);
-            i.parsed_endpoints()
-                .unwrap_or_default()
-                .into_iter()
-                .filter(|e| e.scheme() == scheme)
-                .map(move |endpoint| Node {
-                    instance_id: i.id.clone(),
-                    endpoint,
-                    weight,
-                })
+        .flat_map(|i| instance_nodes(i, scheme, options.filter.as_ref()))
+        .collect()
+}
+
+/// The nodes of one instance: its endpoints of `scheme` (in the order listed; those that do
+/// not parse are skipped), none when `filter` refuses the instance.
+pub(crate) fn instance_nodes(
+    instance: &ServiceInstance,
+    scheme: &str,
+    filter: Option<&Filter>,
+) -> Vec<Node> {
+    if !filter.is_none_or(|f| f(instance)) {
+        return Vec::new();
+    }
+    let endpoints: Vec<Endpoint> = instance
+        .endpoints
+        .iter()
+        .filter_map(|e| match Endpoint::parse(e) {
+            Ok(endpoint) => Some(endpoint),
+            Err(error) => {
+                tracing::debug!(id = %instance.id, %error, "endpoint skipped");
+                None
+            }
+        })
+        .filter(|e| e.scheme() == scheme)
+        .collect();
+    if endpoints.is_empty() {
+        return Vec::new();
+    }
+    let weight = weight_of(instance);
+    let metadata = Arc::new(instance.metadata.clone());
+    endpoints
+        .into_iter()
+        .map(|endpoint| Node {
+            instance_id: instance.id.clone(),
+            endpoint,
+            weight,
+            metadata: metadata.clone(),
         })
         .collect()
 }
@@ -175,16 +205,5 @@ impl Resolver {
                 scheme: self.scheme.clone(),
             }),
         }
-    }
-
-    /// Resolves when the list changes (or the watch ends).
-    pub(crate) async fn changed(&mut self) -> bool {
-        self.state.changed().await.is_ok()
-    }
-
-    /// The current list without failing: empty when there is none.
-    pub(crate) fn snapshot(&self) -> (Vec<Node>, bool) {
-        let state = self.state.borrow();
-        (state.nodes.clone().unwrap_or_default(), state.ended)
     }
 }

@@ -495,3 +495,46 @@ async fn a_call_in_flight_survives_its_endpoint_leaving() {
         .expect("a status");
     assert_eq!(next.status, Status::NotServing as i32);
 }
+
+/// An instance that moves to another server (same id, new endpoint) takes the channel with
+/// it; a new weight alone changes nothing a call can see.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_grpc_channel_follows_an_instance_that_moves() {
+    let (registry, discovery) = store("client-grpc-move");
+    let first = health_server(ServingStatus::NotServing).await;
+    let second = health_server(ServingStatus::Serving).await;
+    registry
+        .register(&instance("a", &[&first], "v1", None))
+        .await
+        .unwrap();
+    let balanced = grpc_channel(discovery, TARGET, Options::default())
+        .await
+        .unwrap();
+    let mut client = HealthClient::new(balanced.channel());
+    assert_eq!(
+        statuses(&mut client, 5).await,
+        HashMap::from([(Status::NotServing as i32, 5)])
+    );
+
+    registry
+        .register(&instance("a", &[&second], "v1", None))
+        .await
+        .unwrap();
+    tokio::time::timeout(Duration::from_secs(10), async {
+        while statuses(&mut client, 1)
+            .await
+            .contains_key(&(Status::NotServing as i32))
+        {}
+    })
+    .await
+    .expect("calls reach the new endpoint");
+
+    registry
+        .register(&instance("a", &[&second], "v1", Some("5")))
+        .await
+        .unwrap();
+    assert_eq!(
+        statuses(&mut client, 20).await,
+        HashMap::from([(Status::Serving as i32, 20)])
+    );
+}
