@@ -7,10 +7,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures::FutureExt;
-use registry::{Capabilities, Error, RegistrationState, Registry, ServiceInstance, Watcher};
+use registry::{
+    Capabilities, Error, Instances, RegistrationState, Registry, ServiceInstance, WatchEvent,
+    Watcher,
+};
 use test_support::watcher_reaches;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::process::{Child, Command};
+use tokio::time::Instant;
 
 use crate::{list_until, Case, Ctx, Needs};
 
@@ -39,6 +43,14 @@ fn register(caps: &Capabilities) -> bool {
 
 fn register_and_watch(caps: &Capabilities) -> bool {
     caps.register && caps.watch
+}
+
+fn register_and_list_services(caps: &Capabilities) -> bool {
+    caps.register && caps.list_services
+}
+
+fn expiring_and_list_services(caps: &Capabilities) -> bool {
+    caps.register && caps.list_services && caps.ttl_expiry
 }
 
 /// Every case of the suite, in the order the harness lists them.
@@ -105,13 +117,37 @@ pub fn cases() -> Vec<Case> {
             dropped_register_leaves_nothing_or_a_tracked_registration,
             Needs::caps(register)
         ),
+        case!(
+            first_list_deadline,
+            Needs::caps(register_and_watch).with_server_control()
+        ),
+        case!(
+            thousand_watchers_see_every_change,
+            Needs::caps(register_and_watch)
+        ),
+        case!(
+            thousand_watchers_share_one_upstream_watch,
+            Needs::caps(register_and_watch).with_upstream_count()
+        ),
+        case!(
+            list_services_is_sorted,
+            Needs::caps(register_and_list_services)
+        ),
+        case!(
+            list_services_names_only_live_services,
+            Needs::caps(expiring_and_list_services)
+        ),
+        case!(
+            dotted_service_name_round_trips,
+            Needs::caps(register_and_watch)
+        ),
     ]
 }
 
 /// Within how long a graceful deregister must show: well inside any TTL the suite uses.
 pub const PROMPT: Duration = Duration::from_secs(2);
 
-async fn next_within(watcher: &mut Watcher, within: Duration, what: &str) -> Vec<ServiceInstance> {
+async fn next_within(watcher: &mut Watcher, within: Duration, what: &str) -> Instances {
     match tokio::time::timeout(within, watcher.next()).await {
         Ok(Ok(list)) => list,
         Ok(Err(e)) => panic!("{what}: watcher failed: {e}"),
@@ -772,6 +808,10 @@ enum Fault {
 /// A registration lives through `fault`: afterwards it is back (or never left), listed
 /// exactly once with its latest value, seen through a client connected after the fault and
 /// through a watcher created before it, which also follows a change made after recovery.
+///
+/// Through an outage of the server (every fault but `DeleteOutside`) that watcher is told:
+/// it delivers `WatchEvent::Degraded` (while the server is still frozen, for a pause), then
+/// recovers (`Recovered`) with the true list, never failing or ending.
 async fn survives(ctx: Arc<Ctx>, fault: Fault) {
     let service = ctx.service("fault");
     let owner = ctx.connect_short_ttl().await;
@@ -785,17 +825,40 @@ async fn survives(ctx: Arc<Ctx>, fault: Fault) {
     let mut watcher = ctx.registry.watch(&service).await.expect("watch");
     watcher_reaches(&mut watcher, std::slice::from_ref(&latest), ctx.deadline()).await;
 
+    let mut seen = Seen::new(std::slice::from_ref(&latest));
     match fault {
         Fault::Restart => ctx.server().await.restart().await,
         Fault::Wipe => ctx.server().await.wipe().await,
         Fault::PausePastTtl => {
             let mut server = ctx.server().await;
             server.pause().await;
+            // The watcher hears of the outage while the server is still frozen.
+            degraded_within(
+                &mut watcher,
+                ctx.deadline(),
+                "a watcher of a frozen server is told (Degraded) while it is frozen",
+                &mut seen,
+            )
+            .await;
             // The fault itself: the server frozen for longer than the registration's TTL.
-            tokio::time::sleep(ctx.target.short_ttl * 2 + Duration::from_millis(500)).await;
+            let frozen_for = ctx.target.short_ttl * 2 + Duration::from_millis(500);
+            tokio::time::sleep_until(seen.since + frozen_for).await;
             server.resume().await;
+            seen.note("server resumed");
         }
         Fault::DeleteOutside => ctx.delete_outside(&latest).await,
+    }
+    // A backend whose client library reconnects out of sight declares that it does not see
+    // a quick restart (`reports_every_outage`); its lists must still come back true.
+    if matches!(fault, Fault::Restart | Fault::Wipe) && ctx.caps.reports_every_outage {
+        seen.note("server answers again");
+        degraded_within(
+            &mut watcher,
+            ctx.deadline(),
+            "a watcher from before the fault is told of the outage (Degraded)",
+            &mut seen,
+        )
+        .await;
     }
 
     // The registration is back (or never left), seen by a client that knows nothing of it.
@@ -808,6 +871,22 @@ async fn survives(ctx: Arc<Ctx>, fault: Fault) {
         |l| l == [latest.clone()],
     )
     .await;
+    if fault != Fault::DeleteOutside {
+        seen.note("a fresh client lists the registration");
+        recovers_to(
+            &mut watcher,
+            std::slice::from_ref(&latest),
+            RECOVERY,
+            "the watcher from before the fault recovers (Recovered) with the true list",
+            &mut seen,
+        )
+        .await;
+        tracing::info!(
+            backend = ctx.target.backend,
+            ?fault,
+            "the watcher delivered: {seen}"
+        );
+    }
 
     // The watcher from before the fault still follows: a change made after recovery shows
     // it the whole list after the fault.
@@ -1238,4 +1317,530 @@ pub async fn dropped_register_leaves_nothing_or_a_tracked_registration(ctx: Arc<
         |l| l.is_empty(),
     )
     .await;
+}
+
+/// What a watcher delivered during a case, each event with when it came (counted from the
+/// fault), for failure messages; and where the watcher stands now.
+struct Seen {
+    since: Instant,
+    log: Vec<String>,
+    /// The last list delivered.
+    list: Vec<ServiceInstance>,
+    /// Told `Degraded`, not yet `Recovered`.
+    degraded: bool,
+}
+
+impl Seen {
+    /// Starts counting now, from a watcher that delivered `list` last.
+    fn new(list: &[ServiceInstance]) -> Seen {
+        Seen {
+            since: Instant::now(),
+            log: Vec::new(),
+            list: list.to_vec(),
+            degraded: false,
+        }
+    }
+
+    /// Notes what the case did, among the events.
+    fn note(&mut self, what: impl std::fmt::Display) {
+        let at = self.since.elapsed().as_millis();
+        self.log.push(format!("+{at}ms {what}"));
+    }
+
+    fn record(&mut self, event: &WatchEvent) {
+        match event {
+            WatchEvent::Changed(list) => {
+                self.list = list.to_vec();
+                let ids: Vec<&str> = list.iter().map(|i| i.id.as_str()).collect();
+                self.note(format_args!("Changed({ids:?})"));
+            }
+            WatchEvent::Degraded(e) => {
+                self.degraded = true;
+                self.note(format_args!("Degraded({e})"));
+            }
+            WatchEvent::Recovered => {
+                self.degraded = false;
+                self.note("Recovered");
+            }
+            other => self.note(format_args!("{other:?}")),
+        }
+    }
+}
+
+impl std::fmt::Display for Seen {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "[{}]", self.log.join(", "))
+    }
+}
+
+/// The watcher's next event before `deadline`, recorded in `seen`. Fails the case when the
+/// watcher fails or ends (it never does on its own) or the deadline passes.
+async fn next_event_before(
+    watcher: &mut Watcher,
+    deadline: Instant,
+    what: &str,
+    seen: &mut Seen,
+) -> WatchEvent {
+    match tokio::time::timeout_at(deadline, watcher.next_event()).await {
+        Ok(Ok(event)) => {
+            seen.record(&event);
+            event
+        }
+        Ok(Err(e)) => panic!(
+            "{what}: the watcher failed with {e:?}, but a watcher never ends on its own; it \
+             delivered: {seen}"
+        ),
+        Err(_) => panic!("{what}: not in time; the watcher delivered: {seen}"),
+    }
+}
+
+/// Reads events until the watcher is told of an outage (`Degraded`), within `within`.
+async fn degraded_within(watcher: &mut Watcher, within: Duration, what: &str, seen: &mut Seen) {
+    let deadline = Instant::now() + within;
+    let what = format!("{what} (within {within:?})");
+    loop {
+        if let WatchEvent::Degraded(_) = next_event_before(watcher, deadline, &what, seen).await {
+            return;
+        }
+    }
+}
+
+/// Reads events until the watcher is no longer degraded and its list is `truth`, within
+/// `within`.
+async fn recovers_to(
+    watcher: &mut Watcher,
+    truth: &[ServiceInstance],
+    within: Duration,
+    what: &str,
+    seen: &mut Seen,
+) {
+    let deadline = Instant::now() + within;
+    let ids: Vec<&str> = truth.iter().map(|i| i.id.as_str()).collect();
+    let what = format!("{what} ({ids:?}, within {within:?})");
+    while seen.degraded || seen.list != truth {
+        next_event_before(watcher, deadline, &what, seen).await;
+    }
+}
+
+/// How long `watch()` waits for a first list in [`first_list_deadline`].
+const WATCH_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// How much later than its `watch_timeout` a failing `watch()` may return.
+const WATCH_TIMEOUT_SLACK: Duration = Duration::from_secs(2);
+
+/// 17. `watch()` fails with a typed, temporary error when the first list cannot come within
+///     its `watch_timeout` (the server frozen), and no later than that plus 2 s; once the
+///     server is back, a watch works and starts with the true list.
+pub async fn first_list_deadline(ctx: Arc<Ctx>) {
+    let service = ctx.service("first-list");
+    let instance = ctx.instance(&service, "a");
+    ctx.register(&instance).await;
+    ctx.list_until(&service, ctx.deadline(), "listed", |l| {
+        l == [instance.clone()]
+    })
+    .await;
+    let url = ctx.url_with(&format!("watch_timeout={}s", WATCH_TIMEOUT.as_secs()));
+    let client = registry::connect(&url)
+        .await
+        .unwrap_or_else(|e| panic!("connect to {url}: {e}"));
+
+    ctx.server().await.pause().await;
+    let started = Instant::now();
+    let outcome =
+        tokio::time::timeout(WATCH_TIMEOUT + WATCH_TIMEOUT_SLACK, client.watch(&service)).await;
+    let took = started.elapsed();
+    // Thawed before anything is asserted: the case's clean-up needs the server.
+    ctx.server().await.resume().await;
+    match outcome {
+        Ok(Err(e)) if e.is_temporary() => {
+            tracing::info!(error = ?e, ?took, "watch of a frozen server failed as it must")
+        }
+        Ok(Err(e)) => panic!(
+            "watch() of a frozen server must fail with a temporary error (Timeout, \
+             Unavailable): it failed with a permanent one after {took:?}: {e:?}"
+        ),
+        Ok(Ok(watcher)) => {
+            panic!("watch() of a frozen server returned a watcher after {took:?}: {watcher:?}")
+        }
+        Err(_) => panic!(
+            "watch() with watch_timeout={WATCH_TIMEOUT:?} of a frozen server did not return \
+             within {:?}",
+            WATCH_TIMEOUT + WATCH_TIMEOUT_SLACK
+        ),
+    }
+
+    // The server answers again: a watch works, and starts with the true list.
+    let deadline = Instant::now() + RECOVERY;
+    let mut watcher = loop {
+        match client.watch(&service).await {
+            Ok(watcher) => break watcher,
+            Err(e) if e.is_temporary() && Instant::now() < deadline => {
+                tracing::debug!(error = %e, "watch after the resume: not yet");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Err(e) => panic!("watch() after the server resumed (within {RECOVERY:?}): {e:?}"),
+        }
+    };
+    let first = next_within(&mut watcher, ctx.deadline(), "first list after the resume").await;
+    assert_eq!(first, vec![instance], "the first list after the resume");
+    watcher.stop();
+    client.close().await.expect("close");
+}
+
+/// How many local watchers [`thousand_watchers`] starts.
+const THOUSAND: usize = 1000;
+
+/// The server's count of watches once it holds still: read every 100 ms until ten reads in a
+/// row agree (a server may start watches of its own soon after it starts, as Consul's dev
+/// agent does), failing after `within`.
+async fn watch_count_now(ctx: &Ctx, within: Duration) -> u64 {
+    let deadline = Instant::now() + within;
+    let mut reads: Vec<u64> = Vec::new();
+    loop {
+        reads.push(ctx.upstream_count().await.watches);
+        if let Some(last) = reads.last_chunk::<10>() {
+            if last.iter().all(|c| *c == last[0]) {
+                return last[0];
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the {} server's watch count does not hold still within {within:?}: {reads:?}",
+            ctx.target.backend
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Polls the server's count of watches until it is `expected`, failing with `what` after
+/// `within`; then checks for 1 s that it never exceeds it.
+async fn watch_count_settles_at(ctx: &Ctx, expected: u64, within: Duration, what: &str) {
+    let backend = ctx.target.backend;
+    let deadline = Instant::now() + within;
+    let mut reads = Vec::new();
+    loop {
+        let count = ctx.upstream_count().await.watches;
+        reads.push(count);
+        if count == expected {
+            tracing::info!(backend, ?reads, "{what}: the server's watch count");
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{what}: the {backend} server's watch count is not {expected} within {within:?}; \
+             reads: {reads:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let until = Instant::now() + Duration::from_secs(1);
+    while Instant::now() < until {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let count = ctx.upstream_count().await.watches;
+        assert!(
+            count <= expected,
+            "{what}: the {backend} server's watch count went to {count}, above {expected}"
+        );
+    }
+}
+
+/// 1,000 local watchers of one service: each starts with the current list and sees every
+/// change (register, update, register another, deregister both).
+///
+/// With `counted`, by the server's own counts ([`Ctx::upstream_count`]): its watches go up by
+/// one for the first watcher and stay there for the other 999; where the server keeps one
+/// watch per connection however often it is asked (ZooKeeper, Nacos), the requests it
+/// received while the other 999 started are also fewer than one per ten watchers.
+/// (A watch count may dip between two requests of one watch, as Consul's blocking queries
+/// do: after it reached one more, it may not exceed it.)
+async fn thousand_watchers(ctx: &Ctx, service: &str, counted: bool) {
+    let backend = ctx.target.backend;
+    let before = if counted {
+        let count = watch_count_now(ctx, ctx.deadline()).await;
+        tracing::info!(backend, count, "the server's watch count before watching");
+        Some(count)
+    } else {
+        None
+    };
+    let mut requests_at_first = None;
+    let mut watchers = Vec::with_capacity(THOUSAND);
+    for n in 0..THOUSAND {
+        let mut watcher = ctx
+            .registry
+            .watch(service)
+            .await
+            .unwrap_or_else(|e| panic!("watch {n}: {e}"));
+        let first = next_within(&mut watcher, ctx.deadline(), "first list").await;
+        assert!(first.is_empty(), "watcher {n}'s first list: {first:?}");
+        watchers.push(watcher);
+        if let (Some(before), 0) = (before, n) {
+            watch_count_settles_at(
+                ctx,
+                before + 1,
+                ctx.deadline(),
+                "one watcher: one upstream watch more than before",
+            )
+            .await;
+            requests_at_first = ctx.upstream_count().await.requests;
+        }
+    }
+    if let Some(before) = before {
+        if let Some(at_first) = requests_at_first {
+            let now = ctx
+                .upstream_count()
+                .await
+                .requests
+                .expect("the hook counted requests before");
+            let more = now.saturating_sub(at_first);
+            tracing::info!(
+                backend,
+                at_first,
+                now,
+                "requests while 999 more watchers started"
+            );
+            assert!(
+                more < (THOUSAND / 10) as u64,
+                "999 more watchers of one service cost the {backend} server {more} requests \
+                 ({at_first} -> {now}): they must share the first one's upstream watch"
+            );
+        }
+        watch_count_settles_at(
+            ctx,
+            before + 1,
+            ctx.deadline(),
+            "1,000 watchers of one service: still one upstream watch more than before, not 1,000",
+        )
+        .await;
+    }
+    change_sequence(ctx, service, &mut watchers).await;
+}
+
+/// 18a. 1,000 local watchers of one service each see every change.
+pub async fn thousand_watchers_see_every_change(ctx: Arc<Ctx>) {
+    thousand_watchers(&ctx, &ctx.service("thousand"), false).await;
+}
+
+/// 18b. 1,000 local watchers of one service share one upstream watch, by the server's own
+///      counts, on a server of the case's own: one watch more than before the first watcher,
+///      and still one with all 1,000 (etcd's MVCC watchers, Consul's blocking queries,
+///      ZooKeeper's `wchs`, the connections rnacos lists as subscribers); where the
+///      server keeps one watch per connection however often it is asked (ZooKeeper, rnacos),
+///      also fewer than 100 requests (ZooKeeper's packets, rnacos' gRPC requests) while the
+///      other 999 start. Each sees every change. A target whose server exposes no count
+///      reports it ignored (the memory backend has no server:
+///      [`thousand_watchers_see_every_change`] covers its watchers, not an upstream count).
+pub async fn thousand_watchers_share_one_upstream_watch(ctx: Arc<Ctx>) {
+    thousand_watchers(&ctx, &ctx.service("thousand"), true).await;
+}
+
+/// Polls `list_services` until `check` holds, failing with `what` after `within`.
+async fn services_until(
+    registry: &dyn Registry,
+    within: Duration,
+    what: &str,
+    check: impl Fn(&[String]) -> bool,
+) -> Vec<String> {
+    let deadline = Instant::now() + within;
+    loop {
+        let services = registry
+            .list_services()
+            .await
+            .unwrap_or_else(|e| panic!("{what}: list_services: {e}"));
+        if check(&services) {
+            return services;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{what}: not within {within:?}; last list: {services:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// The names of this run in `services`, in their order.
+fn ours(ctx: &Ctx, services: &[String]) -> Vec<String> {
+    let prefix = ctx.service("");
+    services
+        .iter()
+        .filter(|s| s.starts_with(&prefix))
+        .cloned()
+        .collect()
+}
+
+/// 19. `list_services` names each service once, sorted in byte order of the full names:
+///     `a` before `a-b` (on etcd the keys sort the other way: `a-b/` before `a/`).
+pub async fn list_services_is_sorted(ctx: Arc<Ctx>) {
+    let a = ctx.service("a");
+    let a_b = ctx.service("a-b");
+    for service in [&a_b, &a] {
+        ctx.register(&ctx.instance(service, "x")).await;
+    }
+    let want = vec![a.clone(), a_b.clone()];
+    let services = services_until(
+        ctx.registry.as_ref(),
+        ctx.deadline(),
+        "list_services names a and a-b",
+        |s| ours(&ctx, s).len() == 2,
+    )
+    .await;
+    assert_eq!(ours(&ctx, &services), want, "in byte order: {services:?}");
+    assert!(
+        services.windows(2).all(|w| w[0] < w[1]),
+        "list_services must be sorted, each name once: {services:?}"
+    );
+}
+
+/// 20. `list_services` names only services with a live instance: a service whose only
+///     instance was deregistered leaves it, and so does one whose only owner crashed (a
+///     `registry-owner` killed with SIGKILL, or a dropped handle for in-process backends)
+///     within the TTL plus the backend's slack, counted from the crash (on Consul its
+///     instance is still in the catalog then, critical: not healthy); a live service stays.
+pub async fn list_services_names_only_live_services(ctx: Arc<Ctx>) {
+    let live = ctx.service("ls-live");
+    let gone = ctx.service("ls-gone");
+    let crashed = ctx.service("ls-crashed");
+    let gone_instance = ctx.instance(&gone, "x");
+    ctx.register(&ctx.instance(&live, "x")).await;
+    ctx.register(&gone_instance).await;
+    services_until(
+        ctx.registry.as_ref(),
+        ctx.deadline(),
+        "list_services names both services",
+        |s| s.contains(&live) && s.contains(&gone),
+    )
+    .await;
+    ctx.deregister(&gone_instance).await;
+    services_until(
+        ctx.registry.as_ref(),
+        ctx.deadline(),
+        "a service whose only instance was deregistered is no longer named",
+        |s| !s.contains(&gone),
+    )
+    .await;
+
+    let instance = ctx.instance(&crashed, "doomed");
+    ctx.remember(&instance);
+    enum Owner {
+        Process(Box<OwnerProcess>),
+        Handle(Arc<dyn Registry>),
+    }
+    let owner = if ctx.caps.cross_process {
+        Owner::Process(Box::new(
+            OwnerProcess::spawn(&owner_bin(&ctx), &ctx.short_ttl_url(), &instance).await,
+        ))
+    } else {
+        let owner = ctx.connect_short_ttl().await;
+        owner.register(&instance).await.expect("register");
+        Owner::Handle(owner)
+    };
+    services_until(
+        ctx.registry.as_ref(),
+        ctx.deadline(),
+        "the owner's service is named",
+        |s| s.contains(&crashed),
+    )
+    .await;
+    let crashed_at = Instant::now();
+    match owner {
+        Owner::Process(process) => process.kill().await,
+        Owner::Handle(handle) => drop(handle),
+    }
+    let limit = ctx.target.short_ttl + ctx.caps.expiry_slack;
+    let services = services_until(
+        ctx.registry.as_ref(),
+        limit.saturating_sub(crashed_at.elapsed()),
+        "a service without a healthy instance (its owner crashed) is no longer named, within \
+         the TTL plus the slack",
+        |s| !s.contains(&crashed),
+    )
+    .await;
+    assert!(
+        services.contains(&live),
+        "the live service is still named: {services:?}"
+    );
+}
+
+/// 21. A plain service name with dots (`{run}-dotted.com.example.Greeter`) round-trips:
+///     `get_service`, a watcher's first list and `list_services` (where supported) give it
+///     exactly; the service named by its prefix (`{run}-dotted.com.example`) is not given its
+///     instances, neither by `get_service` nor by a watcher, whose next list is its own first
+///     change.
+pub async fn dotted_service_name_round_trips(ctx: Arc<Ctx>) {
+    let base = ctx.service("dotted");
+    let dotted = format!("{base}.com.example.Greeter");
+    let prefix = format!("{base}.com.example");
+    let mut prefix_watcher = ctx.registry.watch(&prefix).await.expect("watch the prefix");
+    let first = next_within(
+        &mut prefix_watcher,
+        ctx.deadline(),
+        "the prefix's first list",
+    )
+    .await;
+    assert!(first.is_empty(), "the prefix's first list: {first:?}");
+
+    let instance = ctx.instance(&dotted, "a");
+    ctx.register(&instance).await;
+    let list = ctx
+        .list_until(
+            &dotted,
+            ctx.deadline(),
+            "the dotted service's instance",
+            |l| !l.is_empty(),
+        )
+        .await;
+    assert_eq!(list, vec![instance.clone()], "get_service({dotted})");
+    let mut watcher = ctx.registry.watch(&dotted).await.expect("watch");
+    let first = next_within(
+        &mut watcher,
+        ctx.deadline(),
+        "the dotted service's first list",
+    )
+    .await;
+    assert_eq!(first, vec![instance.clone()], "watch({dotted}): first list");
+    assert!(
+        ctx.list(&prefix).await.is_empty(),
+        "get_service({prefix}) must not list the instances of {dotted}"
+    );
+    if let Some(leaked) = prefix_watcher.next().now_or_never() {
+        panic!("the watcher of {prefix} delivered a list for {dotted}: {leaked:?}");
+    }
+    if ctx.caps.list_services {
+        let services = services_until(
+            ctx.registry.as_ref(),
+            ctx.deadline(),
+            "list_services names the dotted service",
+            |s| s.contains(&dotted),
+        )
+        .await;
+        assert_eq!(
+            ours(&ctx, &services),
+            vec![dotted.clone()],
+            "list_services names the dotted service exactly, and not its prefix"
+        );
+    }
+
+    let own = ctx.instance(&prefix, "own");
+    ctx.register(&own).await;
+    let list = next_within(
+        &mut prefix_watcher,
+        ctx.deadline(),
+        "the prefix's own change",
+    )
+    .await;
+    assert_eq!(
+        list,
+        vec![own.clone()],
+        "the watcher of {prefix}: its next list is its own first change"
+    );
+    assert_eq!(ctx.list(&prefix).await, vec![own.clone()]);
+    assert_eq!(ctx.list(&dotted).await, vec![instance.clone()]);
+    if ctx.caps.list_services {
+        let services = services_until(
+            ctx.registry.as_ref(),
+            ctx.deadline(),
+            "list_services names both",
+            |s| s.contains(&prefix),
+        )
+        .await;
+        assert_eq!(ours(&ctx, &services), vec![prefix, dotted]);
+    }
 }

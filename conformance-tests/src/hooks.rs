@@ -1,6 +1,6 @@
 //! The targets' hooks: a server of a case's own for each backend (from `test-support`, the
-//! same servers the backends' own tests run), and deleting a registration behind the
-//! backend's back with the server's raw client.
+//! same servers the backends' own tests run), deleting a registration behind the backend's
+//! back with the server's raw client, and reading the server's own count of watches.
 //!
 //! The private servers' URLs carry short client timeouts, so that a case notices a server
 //! that went away within seconds; [`crate::Ctx::short_ttl_url`] adds the short TTL.
@@ -10,7 +10,7 @@ use futures::FutureExt;
 use registry::{ServiceInstance, Url};
 use test_support::{ConsulAgent, EtcdServer, NacosServer, ZkServer};
 
-use crate::PrivateServer;
+use crate::{PrivateServer, ServerCounts};
 
 /// An etcd of the case's own; the case's namespace is `/conformance-{run}`.
 pub fn etcd_server(run: String) -> BoxFuture<'static, PrivateServer> {
@@ -206,6 +206,174 @@ pub fn nacos_delete(
             .await?;
         }
         Ok(())
+    }
+    .boxed()
+}
+
+/// The value of the Prometheus sample `name` (without labels) in a metrics text, or `None`
+/// when there is none.
+fn prometheus_value(text: &str, name: &str) -> Result<Option<u64>, String> {
+    let Some(value) = text
+        .lines()
+        .find_map(|line| line.strip_prefix(name)?.strip_prefix(' '))
+    else {
+        return Ok(None);
+    };
+    let value: f64 = value
+        .trim()
+        .parse()
+        .map_err(|e| format!("{name} {value}: {e}"))?;
+    Ok(Some(value as u64))
+}
+
+/// A text of Prometheus metrics from `url`.
+async fn metrics(url: String) -> Result<String, String> {
+    check(reqwest::Client::new().get(url).send().await).await
+}
+
+/// etcd: the watchers its MVCC store serves now, `etcd_debugging_mvcc_watcher_total` (a
+/// gauge despite its name) of `/metrics` on the client port. Every watch request creates
+/// one, also for a key already watched on the same stream; lease keep-alives are not
+/// watches.
+pub fn etcd_watch_count(url: String) -> BoxFuture<'static, Result<ServerCounts, String>> {
+    async move {
+        let (_, authority) = parse(&url)?;
+        let text = metrics(format!("http://{authority}/metrics")).await?;
+        let name = "etcd_debugging_mvcc_watcher_total";
+        let watches = prometheus_value(&text, name)?.ok_or(format!("no {name} in /metrics"))?;
+        Ok(ServerCounts {
+            watches,
+            requests: None,
+        })
+    }
+    .boxed()
+}
+
+/// Consul: the blocking queries the agent's server serves now, the gauge
+/// `consul_rpc_queries_blocking` of `/v1/agent/metrics?format=prometheus` (test-support's
+/// agents keep Prometheus metrics; the gauge shows once the first blocking query ran, 0
+/// before). Every blocking request counts, also for a service already watched; one upstream
+/// watch runs one at a time, and none for a moment after each answer. A dev agent soon runs
+/// one of its own.
+pub fn consul_blocking_queries(url: String) -> BoxFuture<'static, Result<ServerCounts, String>> {
+    async move {
+        let (_, authority) = parse(&url)?;
+        let text = metrics(format!(
+            "http://{authority}/v1/agent/metrics?format=prometheus"
+        ))
+        .await?;
+        Ok(ServerCounts {
+            watches: prometheus_value(&text, "consul_rpc_queries_blocking")?.unwrap_or(0),
+            requests: None,
+        })
+    }
+    .boxed()
+}
+
+/// The answer of a ZooKeeper server at `authority` to the four-letter word `word`.
+async fn four_letter(authority: &str, word: &str) -> Result<String, String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(authority)
+        .await
+        .map_err(|e| format!("connect to {authority}: {e}"))?;
+    stream
+        .write_all(word.as_bytes())
+        .await
+        .map_err(|e| format!("{word}: {e}"))?;
+    let mut answer = String::new();
+    tokio::time::timeout(
+        std::time::Duration::from_secs(5),
+        stream.read_to_string(&mut answer),
+    )
+    .await
+    .map_err(|_| format!("{word}: no answer within 5 s"))?
+    .map_err(|e| format!("{word}: {e}"))?;
+    Ok(answer)
+}
+
+/// The number after `key` on a line of `answer` (`key` includes its separator).
+fn number_after(answer: &str, key: &str, word: &str) -> Result<u64, String> {
+    let value = answer
+        .lines()
+        .find_map(|line| line.strip_prefix(key))
+        .ok_or_else(|| {
+            format!("no {key:?} in {word}'s answer (is {word} whitelisted?): {answer:?}")
+        })?;
+    value
+        .trim()
+        .parse()
+        .map_err(|e| format!("{word}: {key}{value:?}: {e}"))
+}
+
+/// ZooKeeper: `Total watches` of the four-letter word `wchs`, and `zk_packets_received` of
+/// `mntr` (both whitelisted on test-support's servers). A persistent recursive watch counts
+/// one in `wchs` (3.8; `mntr`'s `zk_watch_count` counts it twice), and so does each
+/// exists-watch a registration's owner holds on its node. The server keeps one watch per
+/// (path, session) however often a session asks, hence the packets (each four-letter word
+/// read counts one too).
+pub fn zookeeper_watch_count(url: String) -> BoxFuture<'static, Result<ServerCounts, String>> {
+    async move {
+        let (_, authority) = parse(&url)?;
+        // "1 connections watching 1 paths\nTotal watches:1\n"
+        let wchs = four_letter(&authority, "wchs").await?;
+        let mntr = four_letter(&authority, "mntr").await?;
+        Ok(ServerCounts {
+            watches: number_after(&wchs, "Total watches:", "wchs")?,
+            requests: Some(number_after(&mntr, "zk_packets_received\t", "mntr")?),
+        })
+    }
+    .boxed()
+}
+
+/// Nacos (rnacos): the connections subscribed to any service of the case's namespace and
+/// group, from the open API's subscriber list (`GET /nacos/v1/ns/service/subscribers`), and
+/// the gRPC requests served (`grpc_request_total_count` of `/nacos/metrics`). The server
+/// keeps one subscription per (service, connection) however often a connection subscribes,
+/// hence the requests.
+pub fn nacos_subscribers(url: String) -> BoxFuture<'static, Result<ServerCounts, String>> {
+    async move {
+        let (parsed, authority) = parse(&url)?;
+        let option = |key: &str| {
+            parsed
+                .query_pairs()
+                .find(|(k, _)| k == key)
+                .map(|(_, v)| v.into_owned())
+        };
+        let namespace = option("namespace").unwrap_or_else(|| "public".to_owned());
+        let group = option("group").unwrap_or_else(|| "DEFAULT_GROUP".to_owned());
+        let answer = check(
+            reqwest::Client::new()
+                .get(format!(
+                    "http://{authority}/nacos/v1/ns/service/subscribers"
+                ))
+                .query(&[
+                    ("namespaceId", namespace.as_str()),
+                    ("groupName", group.as_str()),
+                    ("pageNo", "1"),
+                    ("pageSize", "100000"),
+                ])
+                .send()
+                .await,
+        )
+        .await?;
+        let answer: serde_json::Value =
+            serde_json::from_str(&answer).map_err(|e| format!("{e}: {answer}"))?;
+        let subscribers = answer["subscribers"]
+            .as_array()
+            .ok_or_else(|| format!("no subscriber list: {answer}"))?;
+        let connections: std::collections::BTreeSet<String> = subscribers
+            .iter()
+            // The server matches the namespace as a substring: keep exactly ours.
+            .filter(|s| s["namespaceId"] == namespace.as_str())
+            .map(|s| format!("{}:{}", s["ip"], s["port"]))
+            .collect();
+        let text = metrics(format!("http://{authority}/nacos/metrics")).await?;
+        // Absent until the first gRPC request.
+        let requests = prometheus_value(&text, "grpc_request_total_count")?.unwrap_or(0);
+        Ok(ServerCounts {
+            watches: connections.len() as u64,
+            requests: Some(requests),
+        })
     }
     .boxed()
 }

@@ -3,11 +3,11 @@
 //!
 //! Cases are data ([`Case`]): a name, what they need ([`Needs`]: capabilities, control of a
 //! server of their own, an owner process, a way to delete a registration behind the
-//! backend's back), and an async function over a [`Ctx`]. A backend is a [`Target`]; the
-//! harness ([`run`]) runs every case against every target as one trial named
-//! `{backend}::{case}`, each in a Tokio runtime of its own, and reports a case the backend
-//! does not claim as *ignored*, never as passed. Adding a backend is one line in the list of
-//! targets:
+//! backend's back, the server's own count of watches), and an async function over a
+//! [`Ctx`]. A backend is a [`Target`]; the harness ([`run`]) runs every case against every
+//! target as one trial named `{backend}::{case}`, each in a Tokio runtime of its own, and
+//! reports a case the backend does not claim as *ignored*, never as passed. Adding a backend
+//! is one line in the list of targets:
 //!
 //! ```text
 //! Target::new("memory", |run| format!("memory://conformance-{run}")),
@@ -42,6 +42,23 @@ pub type StartServer = fn(run: String) -> BoxFuture<'static, PrivateServer>;
 pub type DeleteOutside =
     fn(url: String, instance: ServiceInstance) -> BoxFuture<'static, Result<(), String>>;
 
+/// Reads the server's own counts of watches and requests (given the case's registry URL):
+/// its metrics, four-letter words or open API.
+pub type UpstreamCount = fn(url: String) -> BoxFuture<'static, Result<ServerCounts, String>>;
+
+/// What an [`UpstreamCount`] hook reads from a server.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ServerCounts {
+    /// The watches (subscriptions, blocking queries) the server holds now: one upstream
+    /// watch of one service adds one.
+    pub watches: u64,
+    /// The requests the server has received so far, where `watches` alone cannot tell one
+    /// shared upstream from many: a server that keeps one watch per (path or service,
+    /// connection) however often a connection asks (ZooKeeper, Nacos). `None` where each
+    /// watch request counts (etcd's watchers, Consul's blocking queries).
+    pub requests: Option<u64>,
+}
+
 /// A server of one case's own, started by a [`StartServer`] hook.
 pub struct PrivateServer {
     /// Stops, starts, restarts, wipes, pauses and resumes the server.
@@ -71,6 +88,8 @@ pub struct Target {
     pub server: Option<StartServer>,
     /// Deletes a registration behind the backend's back.
     pub delete_outside: Option<DeleteOutside>,
+    /// Reads the server's count of upstream watches, on a server of a case's own.
+    pub upstream_count: Option<UpstreamCount>,
 }
 
 impl Target {
@@ -84,6 +103,7 @@ impl Target {
             owner_bin: None,
             server: None,
             delete_outside: None,
+            upstream_count: None,
         }
     }
 
@@ -116,6 +136,13 @@ impl Target {
         self.delete_outside = Some(delete);
         self
     }
+
+    /// Sets the hook that reads the server's count of upstream watches (on a server of a
+    /// case's own: also set [`Target::server`]).
+    pub fn upstream_count(mut self, count: UpstreamCount) -> Self {
+        self.upstream_count = Some(count);
+        self
+    }
 }
 
 /// What a case needs of a target; a target lacking any of it reports the case ignored.
@@ -130,6 +157,9 @@ pub struct Needs {
     pub owner_process: bool,
     /// A way to delete a registration behind the backend's back ([`Target::delete_outside`]).
     pub delete_outside: bool,
+    /// The server's own count of upstream watches ([`Target::upstream_count`]), on a server
+    /// of the case's own (so that no other case's watches are counted).
+    pub upstream_count: bool,
 }
 
 impl Needs {
@@ -140,6 +170,7 @@ impl Needs {
             server_control: false,
             owner_process: false,
             delete_outside: false,
+            upstream_count: false,
         }
     }
 
@@ -166,6 +197,13 @@ impl Needs {
         self
     }
 
+    /// Also needs the server's count of upstream watches, on a server of the case's own.
+    pub const fn with_upstream_count(mut self) -> Needs {
+        self.upstream_count = true;
+        self.server_control = true;
+        self
+    }
+
     /// Why `target`, with `caps`, does not claim a case with these needs; `None` when it
     /// does.
     pub fn unmet(&self, target: &Target, caps: &Capabilities) -> Option<&'static str> {
@@ -177,6 +215,8 @@ impl Needs {
             Some("owner process")
         } else if self.delete_outside && target.delete_outside.is_none() {
             Some("delete from outside")
+        } else if self.upstream_count && target.upstream_count.is_none() {
+            Some("upstream count")
         } else {
             None
         }
@@ -286,6 +326,25 @@ impl Ctx {
     /// owner.
     pub async fn connect(&self) -> Arc<dyn Registry> {
         connect(self.target.backend, &self.url).await
+    }
+
+    /// The URL of this case with `option` (`key=value`) added to its query.
+    pub fn url_with(&self, option: &str) -> String {
+        let url = self.url();
+        let sep = if url.contains('?') { '&' } else { '?' };
+        format!("{url}{sep}{option}")
+    }
+
+    /// The case's server's own counts of watches and requests
+    /// ([`Target::upstream_count`]); fails the case when they cannot be read.
+    pub async fn upstream_count(&self) -> ServerCounts {
+        let count = self
+            .target
+            .upstream_count
+            .expect("the case declares Needs::with_upstream_count");
+        count(self.url()).await.unwrap_or_else(|e| {
+            panic!("read the {} server's watch count: {e}", self.target.backend)
+        })
     }
 
     /// A new handle with the short TTL ([`Ctx::short_ttl_url`]).

@@ -20,21 +20,24 @@ fn main() {
                 format!("etcd://127.0.0.1:2379/conformance-{run}")
             })
             .server(hooks::etcd_server)
-            .delete_outside(hooks::etcd_delete),
+            .delete_outside(hooks::etcd_delete)
+            .upstream_count(hooks::etcd_watch_count),
             // Consul has no namespaces: the suite's service names carry the run id. Critical
             // leftovers of crash cases are reaped after a minute.
             Target::new("consul", |_run| {
                 "consul://127.0.0.1:8500?deregister_after=1m".to_owned()
             })
             .server(hooks::consul_server)
-            .delete_outside(hooks::consul_delete),
+            .delete_outside(hooks::consul_delete)
+            .upstream_count(hooks::consul_blocking_queries),
             // The session timeout is ZooKeeper's TTL; the servers' tick is 500 ms (floor 1 s).
             Target::new("zookeeper", |run| {
                 format!("zk://127.0.0.1:2181/conformance-{run}")
             })
             .ttl_param("session_timeout")
             .server(hooks::zookeeper_server)
-            .delete_outside(hooks::zookeeper_delete),
+            .delete_outside(hooks::zookeeper_delete)
+            .upstream_count(hooks::zookeeper_watch_count),
             // Nacos' expiry is the server's: a dead owner's connection drops at once; a silent
             // one is probed after the server's detection timeout (2 s on the test servers,
             // plus 3 s for the answer and a 2 s check period). A namespace per run keeps runs
@@ -45,7 +48,8 @@ fn main() {
             .ttl_param("")
             .short_ttl(Duration::from_secs(6))
             .server(hooks::nacos_server)
-            .delete_outside(hooks::nacos_delete),
+            .delete_outside(hooks::nacos_delete)
+            .upstream_count(hooks::nacos_subscribers),
         ],
     )
 }

@@ -146,6 +146,7 @@ impl Registry for ConsulRegistry {
             cross_process: true,
             expiry_slack: Duration::from_millis(1500),
             min_ttl: MIN_TTL,
+            reports_every_outage: true,
         }
     }
 

@@ -38,4 +38,9 @@ pub struct Capabilities {
     pub expiry_slack: Duration,
     /// The shortest TTL the backend (or its server) accepts.
     pub min_ttl: Duration,
+    /// A watcher is told ([`crate::WatchEvent::Degraded`]) of every outage of the server,
+    /// however brief (a restart). Where false, the client library reconnects out of sight,
+    /// and only an outage longer than the backend's probe is told; the lists stay true either
+    /// way.
+    pub reports_every_outage: bool,
 }

@@ -382,6 +382,7 @@ impl Registry for MemoryRegistry {
             cross_process: false,
             expiry_slack: Duration::from_millis(500),
             min_ttl: Duration::from_millis(1),
+            reports_every_outage: true,
         }
     }
 

@@ -160,6 +160,7 @@ impl Registry for EtcdRegistry {
             cross_process: true,
             expiry_slack: Duration::from_millis(1500),
             min_ttl: MIN_TTL,
+            reports_every_outage: true,
         }
     }
 

@@ -1,5 +1,8 @@
 //! nacos-sdk's naming client, set up from a [`Config`].
 
+use std::future::Future;
+use std::time::Duration;
+
 use nacos_sdk::api::naming::{NamingService, NamingServiceBuilder};
 use nacos_sdk::api::props::ClientProps;
 use registry_core::config::Credentials;
@@ -49,4 +52,23 @@ pub(crate) async fn connect(config: &Config) -> Result<(NamingService, Option<te
         .await
         .map_err(|e| map_err("connect", e))?;
     Ok((naming, cache))
+}
+
+/// How long one nacos-sdk request may take: nacos-sdk sets no deadline of its own, and a
+/// frozen server keeps the connection open without ever answering.
+pub(crate) const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// One nacos-sdk request, bounded by `timeout`, its error mapped by its codes.
+pub(crate) async fn timed<T>(
+    operation: &'static str,
+    timeout: Duration,
+    call: impl Future<Output = nacos_sdk::api::error::Result<T>>,
+) -> Result<T> {
+    match tokio::time::timeout(timeout, call).await {
+        Ok(answer) => answer.map_err(|e| map_err(operation, e)),
+        Err(_) => Err(Error::Timeout {
+            operation,
+            after: timeout,
+        }),
+    }
 }

@@ -175,6 +175,9 @@ impl Registry for NacosRegistry {
             // second, a silent one after the server's detection timeout.
             expiry_slack: Duration::from_secs(3),
             min_ttl: Duration::from_secs(1),
+            // nacos-sdk reconnects out of sight: a restart quicker than the watch's probe
+            // (one second) is not told; the pushes after it keep the lists true.
+            reports_every_outage: false,
         }
     }
 

@@ -16,7 +16,7 @@ use nacos_sdk::api::naming::{
 use registry_core::{Result, ServiceInstance};
 use tokio::sync::mpsc;
 
-use crate::error::map_err;
+use crate::client::{timed, REQUEST_TIMEOUT};
 use crate::format::{assemble, service_of, Services};
 
 /// Schemes a watch follows from its start, before they appear in the service list.
@@ -50,10 +50,8 @@ pub(crate) async fn services_of(
     let mut found = BTreeSet::new();
     let mut page = 1;
     loop {
-        let (names, total) = naming
-            .get_service_list(page, 500, Some(group.to_owned()))
-            .await
-            .map_err(|e| map_err("list services", e))?;
+        let call = naming.get_service_list(page, 500, Some(group.to_owned()));
+        let (names, total) = timed("list services", REQUEST_TIMEOUT, call).await?;
         let fetched = names.len();
         found.extend(names.into_iter().filter(|s| {
             s == name
@@ -73,16 +71,14 @@ pub(crate) async fn instances_of(
     group: &str,
     service: &str,
 ) -> Result<Vec<NacosInstance>> {
-    naming
-        .select_instances(
-            service.to_owned(),
-            Some(group.to_owned()),
-            Vec::new(),
-            false,
-            true,
-        )
-        .await
-        .map_err(|e| map_err("list instances", e))
+    let call = naming.select_instances(
+        service.to_owned(),
+        Some(group.to_owned()),
+        Vec::new(),
+        false,
+        true,
+    );
+    timed("list instances", REQUEST_TIMEOUT, call).await
 }
 
 /// Forwards nacos-sdk's pushes to the follow loop.
@@ -117,6 +113,9 @@ pub(crate) struct NacosSource {
 
 /// How often a watch makes sure the server still answers.
 const PROBE_EVERY: Duration = Duration::from_secs(1);
+/// How long a probe may take before the server counts as unreachable (a frozen server
+/// keeps the connection open and never answers).
+const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
 
 impl NacosSource {
     pub(crate) fn new(naming: NamingService, group: String) -> Self {
@@ -141,12 +140,8 @@ impl NacosSource {
                 return result.clone();
             }
         }
-        let result = self
-            .naming
-            .get_service_list(1, 1, Some(self.group.clone()))
-            .await
-            .map(drop)
-            .map_err(|e| map_err("probe", e));
+        let probe = self.naming.get_service_list(1, 1, Some(self.group.clone()));
+        let result = timed("probe", PROBE_TIMEOUT, probe).await.map(drop);
         *probed = Some((Instant::now(), result.clone()));
         result
     }
@@ -165,19 +160,86 @@ impl NacosSource {
             return;
         };
         for service in old.services {
-            if let Err(e) = self
-                .naming
-                .unsubscribe(
-                    service.clone(),
-                    Some(self.group.clone()),
-                    Vec::new(),
-                    old.listener.clone(),
-                )
-                .await
-            {
-                tracing::debug!(%service, error = %map_err("unsubscribe", e), "Nacos unsubscribe failed");
+            let group = Some(self.group.clone());
+            let call =
+                self.naming
+                    .unsubscribe(service.clone(), group, Vec::new(), old.listener.clone());
+            if let Err(e) = timed("unsubscribe", REQUEST_TIMEOUT, call).await {
+                tracing::debug!(%service, error = %e, "Nacos unsubscribe failed");
             }
         }
+    }
+
+    /// Resolves with the first failed probe.
+    async fn watchdog(&self) -> registry_core::Error {
+        let mut every = tokio::time::interval(PROBE_EVERY);
+        every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            every.tick().await;
+            if let Err(e) = self.probe().await {
+                return e;
+            }
+        }
+    }
+
+    /// Subscribes to the name's services, lists them, then rebuilds the list after each push.
+    async fn follow_pushes(
+        &self,
+        name: &str,
+        from: Arc<BTreeSet<String>>,
+        updates: &Updates<Arc<BTreeSet<String>>>,
+    ) -> Stop {
+        self.unsubscribe(name).await;
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        let listener: Arc<dyn NamingEventListener> = Arc::new(Forward(tx));
+        // Held while this follow runs (a release leaves its subscriptions alone meanwhile).
+        let running = Arc::new(());
+        let mut wanted: BTreeSet<String> = from.iter().cloned().collect();
+        wanted.insert(name.to_owned());
+        wanted.extend(COMMON_SCHEMES.iter().map(|s| service_of(name, s)));
+        self.subscriptions().insert(
+            name.to_owned(),
+            Subscription {
+                listener: listener.clone(),
+                services: BTreeSet::new(),
+                running: running.clone(),
+            },
+        );
+        let mut services = Services::new();
+        for service in wanted {
+            let group = Some(self.group.clone());
+            let call = self
+                .naming
+                .subscribe(service.clone(), group, Vec::new(), listener.clone());
+            if let Err(e) = timed("subscribe", REQUEST_TIMEOUT, call).await {
+                return Stop::Failed(e);
+            }
+            if let Some(subscription) = self.subscriptions().get_mut(name) {
+                subscription.services.insert(service.clone());
+            }
+            match instances_of(&self.naming, &self.group, &service).await {
+                Ok(instances) => services.insert(service, instances),
+                Err(e) => return Stop::Failed(e),
+            };
+        }
+        updates.following();
+        let mut shown = assemble(name, &services, &BTreeMap::new());
+        updates.list(shown.values().cloned().collect(), from.clone());
+        while let Some(event) = rx.recv().await {
+            let service = event
+                .service_name
+                .rsplit_once("@@")
+                .map_or(event.service_name.as_str(), |(_, s)| s)
+                .to_owned();
+            if !services.contains_key(&service) {
+                continue;
+            }
+            services.insert(service, event.instances.clone().unwrap_or_default());
+            shown = assemble(name, &services, &shown);
+            updates.list(shown.values().cloned().collect(), from.clone());
+        }
+        drop(running);
+        Stop::Failed(registry_core::Error::Closed)
     }
 }
 
@@ -197,72 +259,11 @@ impl Source for NacosSource {
         from: Self::Position,
         updates: &Updates<Self::Position>,
     ) -> Stop {
-        self.unsubscribe(name).await;
-        let (tx, mut rx) = mpsc::unbounded_channel();
-        let listener: Arc<dyn NamingEventListener> = Arc::new(Forward(tx));
-        let running = Arc::new(());
-        let mut wanted: BTreeSet<String> = from.iter().cloned().collect();
-        wanted.insert(name.to_owned());
-        wanted.extend(COMMON_SCHEMES.iter().map(|s| service_of(name, s)));
-        self.subscriptions().insert(
-            name.to_owned(),
-            Subscription {
-                listener: listener.clone(),
-                services: BTreeSet::new(),
-                running: running.clone(),
-            },
-        );
-        let mut services = Services::new();
-        for service in wanted {
-            if let Err(e) = self
-                .naming
-                .subscribe(
-                    service.clone(),
-                    Some(self.group.clone()),
-                    Vec::new(),
-                    listener.clone(),
-                )
-                .await
-            {
-                return Stop::Failed(map_err("subscribe", e));
-            }
-            if let Some(subscription) = self.subscriptions().get_mut(name) {
-                subscription.services.insert(service.clone());
-            }
-            match instances_of(&self.naming, &self.group, &service).await {
-                Ok(instances) => services.insert(service, instances),
-                Err(e) => return Stop::Failed(e),
-            };
-        }
-        updates.following();
-        let mut shown = assemble(name, &services, &BTreeMap::new());
-        updates.list(shown.values().cloned().collect(), from.clone());
-        let mut probe = tokio::time::interval(PROBE_EVERY);
-        probe.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            tokio::select! {
-                _ = probe.tick() => {
-                    if let Err(e) = self.probe().await {
-                        return Stop::Failed(e);
-                    }
-                }
-                event = rx.recv() => {
-                    let Some(event) = event else {
-                        return Stop::Failed(registry_core::Error::Closed);
-                    };
-                    let service = event
-                        .service_name
-                        .rsplit_once("@@")
-                        .map_or(event.service_name.as_str(), |(_, s)| s)
-                        .to_owned();
-                    if !services.contains_key(&service) {
-                        continue;
-                    }
-                    services.insert(service, event.instances.clone().unwrap_or_default());
-                    shown = assemble(name, &services, &shown);
-                    updates.list(shown.values().cloned().collect(), from.clone());
-                }
-            }
+        // nacos-sdk reconnects out of sight and its calls can hang on a frozen server: the
+        // probe runs beside everything the follow does, subscribing included.
+        tokio::select! {
+            stop = self.follow_pushes(name, from, updates) => stop,
+            error = self.watchdog() => Stop::Failed(error),
         }
     }
 

@@ -10,7 +10,7 @@ use nacos_sdk::api::naming::{NamingService, ServiceInstance as NacosInstance};
 use registry_core::registration::Store;
 use registry_core::{Error, Result, ServiceInstance};
 
-use crate::error::map_err;
+use crate::client::{timed, REQUEST_TIMEOUT};
 use crate::format::to_nacos;
 use crate::{source, Config, SCHEME};
 
@@ -32,12 +32,6 @@ pub(crate) struct NacosStore {
     pub(crate) naming: NamingService,
     pub(crate) config: Config,
     pub(crate) written: Written,
-}
-
-impl NacosStore {
-    fn group(&self) -> Option<String> {
-        Some(self.config.group.clone())
-    }
 }
 
 /// Registers every part of an instance.
@@ -67,12 +61,13 @@ async fn each_part(
     for (service, instance) in parts {
         let (service, group, instance) =
             (service.clone(), Some(group.to_owned()), instance.clone());
-        let done = if register {
-            naming.register_instance(service, group, instance).await
+        if register {
+            let call = naming.register_instance(service, group, instance);
+            timed("register", REQUEST_TIMEOUT, call).await?;
         } else {
-            naming.deregister_instance(service, group, instance).await
-        };
-        done.map_err(|e| map_err(if register { "register" } else { "deregister" }, e))?;
+            let call = naming.deregister_instance(service, group, instance);
+            timed("deregister", REQUEST_TIMEOUT, call).await?;
+        }
     }
     Ok(())
 }
@@ -121,10 +116,7 @@ impl Store for NacosStore {
         loop {
             tokio::time::sleep(CHECK_EVERY).await;
             for (service, part) in &parts {
-                let listed = self
-                    .naming
-                    .select_instances(service.clone(), self.group(), Vec::new(), false, true)
-                    .await;
+                let listed = source::instances_of(&self.naming, &self.config.group, service).await;
                 match listed {
                     Ok(listed) => {
                         if !listed
@@ -142,7 +134,7 @@ impl Store for NacosStore {
                             };
                         }
                     }
-                    Err(e) => return map_err("list instances", e),
+                    Err(e) => return e,
                 }
             }
         }

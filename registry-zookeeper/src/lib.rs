@@ -159,6 +159,7 @@ impl Registry for ZkRegistry {
             expiry_slack: Duration::from_millis(1500),
             // Two ticks of the test servers (tickTime 500 ms); a server's own floor applies.
             min_ttl: Duration::from_secs(1),
+            reports_every_outage: true,
         }
     }
 

@@ -1,5 +1,6 @@
 //! A Consul agent of a test's own (dev mode, in memory): its own ports, so it never disturbs
-//! the shared agent the conformance suite uses.
+//! the shared agent the conformance suite uses. It keeps Prometheus metrics (for the count of
+//! blocking queries it serves).
 
 use std::ffi::OsString;
 use std::ops::{Deref, DerefMut};
@@ -80,6 +81,13 @@ impl ConsulAgent {
                     ]
                     .map(OsString::from),
                 );
+                // Metrics in Prometheus form (`/v1/agent/metrics?format=prometheus`): its
+                // gauges hold their value until set again, unlike the JSON form's intervals.
+                args.extend([
+                    "-hcl".into(),
+                    "telemetry { prometheus_retention_time = \"1h\" disable_hostname = true }"
+                        .into(),
+                ]);
                 for line in &hcl {
                     args.extend(["-hcl".into(), line.into()]);
                 }

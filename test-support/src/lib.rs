@@ -586,7 +586,7 @@ pub async fn watcher_reaches(
     loop {
         let left = deadline.saturating_duration_since(Instant::now());
         match timeout(left, watcher.next()).await {
-            Ok(Ok(list)) if list == expected => return,
+            Ok(Ok(list)) if *list == *expected => return,
             Ok(Ok(list)) => last = Some(list),
             Ok(Err(e)) => panic!("the watcher failed: {e}"),
             Err(_) => panic!(

@@ -1,5 +1,6 @@
 //! A ZooKeeper of a test's own (standalone, tickTime 500 ms): its own port and data
-//! directory, so it never disturbs the shared server.
+//! directory, so it never disturbs the shared server. It answers the four-letter words
+//! `ruok` (readiness), and `mntr` and `wchs` (its counts, such as the watches it holds).
 
 use std::ffi::OsString;
 use std::io::{Read, Write};
@@ -57,7 +58,7 @@ impl ZkServer {
                 let text = format!(
                     "tickTime=500\nminSessionTimeout=1000\nmaxSessionTimeout=60000\n\
                      dataDir={}\nclientPort={port}\nclientPortAddress=127.0.0.1\n\
-                     admin.enableServer=false\n4lw.commands.whitelist=ruok\n",
+                     admin.enableServer=false\n4lw.commands.whitelist=ruok,mntr,wchs\n",
                     data.display()
                 );
                 std::fs::write(&cfg, text).expect("write zoo.cfg");
