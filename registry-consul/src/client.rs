@@ -185,12 +185,16 @@ impl Client {
                 .timeout(wait + wait / 16 + self.request_timeout);
         }
         let response = self.send("health", request).await?;
+        // Every health answer carries its index; one without is not an answer to follow.
         let index = response
             .headers()
             .get("X-Consul-Index")
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.parse().ok())
-            .unwrap_or(0);
+            .ok_or_else(|| Error::Unavailable {
+                message: "Consul health answer without a valid X-Consul-Index".into(),
+                source: None,
+            })?;
         Ok((self.json("health", response).await?, index))
     }
 

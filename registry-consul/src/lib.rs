@@ -26,7 +26,6 @@ pub use config::{
 pub use registry_core::config::TlsConfig;
 
 use crate::client::Client;
-use crate::format::from_consul;
 use crate::source::ConsulSource;
 use crate::store::ConsulStore;
 
@@ -119,10 +118,7 @@ impl Registrar for ConsulRegistry {
 impl Discovery for ConsulRegistry {
     async fn get_service(&self, name: &str) -> Result<Vec<ServiceInstance>> {
         validate_name(name)?;
-        let (entries, _) = self.inner.client.health(name, None).await?;
-        let mut list: Vec<ServiceInstance> = entries.into_iter().filter_map(from_consul).collect();
-        list.sort_by(|a, b| a.id.cmp(&b.id));
-        Ok(list)
+        self.inner.hub.get(name).await
     }
 
     async fn watch(&self, name: &str) -> Result<Watcher> {

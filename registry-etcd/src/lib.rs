@@ -112,10 +112,6 @@ impl EtcdRegistry {
     pub fn lease(&self, instance: &ServiceInstance) -> Option<i64> {
         self.inner.registrations.lease(&instance.name, &instance.id)
     }
-
-    fn prefix(&self, name: &str) -> String {
-        format!("{}/{name}/", self.inner.config.namespace)
-    }
 }
 
 #[async_trait]
@@ -133,10 +129,7 @@ impl Registrar for EtcdRegistry {
 impl Discovery for EtcdRegistry {
     async fn get_service(&self, name: &str) -> Result<Vec<ServiceInstance>> {
         validate_name(name)?;
-        let view = source::list(&self.inner.conn, &self.prefix(name), name).await?;
-        let mut list = view.list();
-        list.sort_by(|a, b| a.id.cmp(&b.id));
-        Ok(list)
+        self.inner.hub.get(name).await
     }
 
     async fn watch(&self, name: &str) -> Result<Watcher> {

@@ -205,13 +205,22 @@ async fn apply_events(
             Err(e) => return Stop::Failed(map_err("watch", e)),
         };
         if resp.canceled {
-            // Compacted past our revision, most likely: list again.
             tracing::info!(
                 compacted = resp.compact_revision,
                 reason = %resp.cancel_reason,
                 "etcd canceled the watch"
             );
-            return Stop::Resync;
+            // Compacted past our revision: list again. Any other reason (a permission
+            // taken away, say) is a failure the engine backs off from.
+            if resp.compact_revision > 0 {
+                return Stop::Resync;
+            }
+            return Stop::Failed(Error::Backend {
+                backend: crate::SCHEME,
+                message: format!("watch canceled: {}", resp.cancel_reason),
+                temporary: true,
+                source: None,
+            });
         }
         if resp.events.is_empty() {
             continue;

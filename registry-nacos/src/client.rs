@@ -45,12 +45,10 @@ pub(crate) async fn connect(config: &Config) -> Result<(NamingService, Option<te
     if builder_auth {
         builder = builder.enable_auth_plugin_http();
     }
-    let naming = builder.build().await.map_err(|e| map_err("connect", e))?;
+    let naming = timed("connect", REQUEST_TIMEOUT, builder.build()).await?;
     // Fail now, not at the first call, when no server answers.
-    naming
-        .get_service_list(1, 1, Some(config.group.clone()))
-        .await
-        .map_err(|e| map_err("connect", e))?;
+    let probe = naming.get_service_list(1, 1, Some(config.group.clone()));
+    timed("connect", REQUEST_TIMEOUT, probe).await?;
     Ok((naming, cache))
 }
 

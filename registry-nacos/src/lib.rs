@@ -24,7 +24,6 @@ mod store;
 
 pub use config::{Config, DEFAULT_CLUSTER, DEFAULT_GROUP, DEFAULT_PORT, DEFAULT_WEIGHT};
 
-use crate::error::map_err;
 use crate::format::to_nacos;
 use crate::source::{instances_of, NacosSource};
 use crate::store::{deregister_parts, NacosStore, Written};
@@ -99,10 +98,6 @@ impl NacosRegistry {
             _cache: cache,
         })
     }
-
-    fn group(&self) -> Option<String> {
-        Some(self.config.group.clone())
-    }
 }
 
 impl Drop for NacosRegistry {
@@ -146,9 +141,7 @@ impl Registrar for NacosRegistry {
 impl Discovery for NacosRegistry {
     async fn get_service(&self, name: &str) -> Result<Vec<ServiceInstance>> {
         validate_name(name)?;
-        let (mut list, _) = source::list(&self.naming, &self.config.group, name).await?;
-        list.sort_by(|a, b| a.id.cmp(&b.id));
-        Ok(list)
+        self.hub.get(name).await
     }
 
     async fn watch(&self, name: &str) -> Result<Watcher> {
@@ -194,36 +187,23 @@ impl Registry for NacosRegistry {
     /// The names of the services in the group, `{name}.{scheme}` counted once as `name`.
     async fn list_services(&self) -> Result<Vec<String>> {
         let mut names = BTreeSet::new();
-        let mut page = 1;
-        loop {
-            let (services, total) = self
-                .naming
-                .get_service_list(page, 500, self.group())
-                .await
-                .map_err(|e| map_err("list services", e))?;
-            let fetched = services.len();
-            for service in services {
-                let instances = instances_of(&self.naming, &self.config.group, &service).await?;
-                if instances.is_empty() {
-                    continue;
+        for service in source::service_names(&self.naming, &self.config.group).await? {
+            let instances = instances_of(&self.naming, &self.config.group, &service).await?;
+            if instances.is_empty() {
+                continue;
+            }
+            // `{name}.{scheme}` counts as `name` when its instances say they are of that
+            // scheme; a plain service with dots in its name stays whole.
+            let name = match service.rsplit_once('.') {
+                Some((name, scheme))
+                    if validate_name(name).is_ok()
+                        && instances.iter().any(|i| format::is_of_scheme(i, scheme)) =>
+                {
+                    name.to_owned()
                 }
-                // `{name}.{scheme}` counts as `name` when its instances say they are of that
-                // scheme; a plain service with dots in its name stays whole.
-                let name = match service.rsplit_once('.') {
-                    Some((name, scheme))
-                        if validate_name(name).is_ok()
-                            && instances.iter().any(|i| format::is_of_scheme(i, scheme)) =>
-                    {
-                        name.to_owned()
-                    }
-                    _ => service,
-                };
-                names.insert(name);
-            }
-            if fetched == 0 || (page * 500) as i64 >= i64::from(total) {
-                break;
-            }
-            page += 1;
+                _ => service,
+            };
+            names.insert(name);
         }
         Ok(names.into_iter().collect())
     }

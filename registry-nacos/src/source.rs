@@ -47,23 +47,31 @@ pub(crate) async fn services_of(
     name: &str,
 ) -> Result<BTreeSet<String>> {
     let prefix = format!("{name}.");
-    let mut found = BTreeSet::new();
+    Ok(service_names(naming, group)
+        .await?
+        .into_iter()
+        .filter(|s| {
+            s == name
+                || s.strip_prefix(&prefix)
+                    .is_some_and(|scheme| !scheme.contains('.'))
+        })
+        .collect())
+}
+
+/// Every service name of the group, page by page.
+pub(crate) async fn service_names(naming: &NamingService, group: &str) -> Result<Vec<String>> {
+    let mut all = Vec::new();
     let mut page = 1;
     loop {
         let call = naming.get_service_list(page, 500, Some(group.to_owned()));
         let (names, total) = timed("list services", REQUEST_TIMEOUT, call).await?;
         let fetched = names.len();
-        found.extend(names.into_iter().filter(|s| {
-            s == name
-                || s.strip_prefix(&prefix)
-                    .is_some_and(|scheme| !scheme.contains('.'))
-        }));
+        all.extend(names);
         if fetched == 0 || (page * 500) as i64 >= i64::from(total) {
-            break;
+            return Ok(all);
         }
         page += 1;
     }
-    Ok(found)
 }
 
 pub(crate) async fn instances_of(

@@ -123,17 +123,7 @@ impl Registrar for ZkRegistry {
 impl Discovery for ZkRegistry {
     async fn get_service(&self, name: &str) -> Result<Vec<ServiceInstance>> {
         validate_name(name)?;
-        let client = self.zk.client().await?;
-        let instances = source::list(
-            &self.zk,
-            &client,
-            &self.hub.source().service_path(name),
-            name,
-        )
-        .await?;
-        let mut list: Vec<_> = instances.into_values().collect();
-        list.sort_by(|a, b| a.id.cmp(&b.id));
-        Ok(list)
+        self.hub.get(name).await
     }
 
     async fn watch(&self, name: &str) -> Result<Watcher> {

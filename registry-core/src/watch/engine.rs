@@ -107,12 +107,13 @@ impl<S> Shared<S> {
     fn upstreams(&self) -> MutexGuard<'_, HashMap<String, Upstream>> {
         self.upstreams.lock().unwrap_or_else(|p| p.into_inner())
     }
+}
 
-    fn remove_if_ours(&self, name: &str, channel: &Channel) {
-        let mut upstreams = self.upstreams();
-        if upstreams.get(name).is_some_and(|u| u.channel.same(channel)) {
-            upstreams.remove(name);
-        }
+/// Forgets `name`'s upstream if it is still the one of `channel` (a newer one may have
+/// taken its place).
+fn remove_if_ours(upstreams: &mut HashMap<String, Upstream>, name: &str, channel: &Channel) {
+    if upstreams.get(name).is_some_and(|u| u.channel.same(channel)) {
+        upstreams.remove(name);
     }
 }
 
@@ -235,6 +236,14 @@ impl<S: Source> Watches<S> {
         Ok(Watcher::new(name, rx))
     }
 
+    /// The current instances of `name` read once from the source (no watch), sorted by id:
+    /// every backend's `get_service`.
+    pub async fn get(&self, name: &str) -> Result<Vec<ServiceInstance>> {
+        let (mut list, _) = self.shared.source.list(name).await?;
+        list.sort_by(|a, b| a.id.cmp(&b.id));
+        Ok(list)
+    }
+
     /// How many upstream watches are running (one per watched service).
     pub fn upstreams(&self) -> usize {
         self.shared.upstreams().len()
@@ -310,9 +319,7 @@ async fn drive<S: Source>(
                     let Some(hub) = hub.upgrade() else { break };
                     let mut upstreams = hub.upstreams();
                     if channel.0.receiver_count() == 0 {
-                        if upstreams.get(&name).is_some_and(|u| u.channel.same(&channel)) {
-                            upstreams.remove(&name);
-                        }
+                        remove_if_ours(&mut upstreams, &name, &channel);
                         tracing::debug!(service = %name, "last watcher gone; upstream stopped");
                         break;
                     }
@@ -321,7 +328,7 @@ async fn drive<S: Source>(
         }
     }
     if let Some(hub) = hub.upgrade() {
-        hub.remove_if_ours(&name, &channel);
+        remove_if_ours(&mut hub.upstreams(), &name, &channel);
     }
     drop(channel);
     if tokio::time::timeout(release_timeout, source.release(&name))

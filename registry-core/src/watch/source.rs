@@ -22,12 +22,6 @@ pub enum Stop {
     Failed(Error),
 }
 
-impl From<Error> for Stop {
-    fn from(error: Error) -> Self {
-        Stop::Failed(error)
-    }
-}
-
 /// A backend's primitives for reading one service and following its changes; the core's
 /// [`Watches`](super::Watches) owns the policy around them (one upstream per service, retry,
 /// back-off, resume, the first-list deadline, degraded and recovered events, restart after
@@ -99,7 +93,7 @@ impl<P: Clone> Updates<P> {
     }
 
     /// The position followed from, as last handed over.
-    pub fn position(&self) -> Option<P> {
+    pub(super) fn position(&self) -> Option<P> {
         self.position
             .lock()
             .unwrap_or_else(|p| p.into_inner())
