@@ -45,6 +45,10 @@ fn register_and_watch(caps: &Capabilities) -> bool {
     caps.register && caps.watch
 }
 
+fn register_watch_and_report_outages(caps: &Capabilities) -> bool {
+    caps.register && caps.watch && caps.reports_every_outage
+}
+
 fn register_and_list_services(caps: &Capabilities) -> bool {
     caps.register && caps.list_services
 }
@@ -95,6 +99,14 @@ pub fn cases() -> Vec<Case> {
         case!(
             server_paused_past_the_ttl,
             Needs::caps(register_and_watch).with_server_control()
+        ),
+        case!(
+            restart_is_told_to_watchers,
+            Needs::caps(register_watch_and_report_outages).with_server_control()
+        ),
+        case!(
+            wipe_is_told_to_watchers,
+            Needs::caps(register_watch_and_report_outages).with_server_control()
         ),
         case!(
             deleted_from_outside,
@@ -809,9 +821,11 @@ enum Fault {
 /// exactly once with its latest value, seen through a client connected after the fault and
 /// through a watcher created before it, which also follows a change made after recovery.
 ///
-/// Through an outage of the server (every fault but `DeleteOutside`) that watcher is told:
-/// it delivers `WatchEvent::Degraded` (while the server is still frozen, for a pause), then
-/// recovers (`Recovered`) with the true list, never failing or ending.
+/// Through an outage of the server (every fault but `DeleteOutside`) that watcher never fails
+/// or ends, and comes back to the true list (after `Recovered`, when it was told of the
+/// outage). For a pause it must be told (`Degraded`) while the server is still frozen; that a
+/// restart or a wipe is told is [`restart_is_told_to_watchers`] and
+/// [`wipe_is_told_to_watchers`], for backends that claim `reports_every_outage`.
 async fn survives(ctx: Arc<Ctx>, fault: Fault) {
     let service = ctx.service("fault");
     let owner = ctx.connect_short_ttl().await;
@@ -848,17 +862,8 @@ async fn survives(ctx: Arc<Ctx>, fault: Fault) {
         }
         Fault::DeleteOutside => ctx.delete_outside(&latest).await,
     }
-    // A backend whose client library reconnects out of sight declares that it does not see
-    // a quick restart (`reports_every_outage`); its lists must still come back true.
-    if matches!(fault, Fault::Restart | Fault::Wipe) && ctx.caps.reports_every_outage {
+    if matches!(fault, Fault::Restart | Fault::Wipe) {
         seen.note("server answers again");
-        degraded_within(
-            &mut watcher,
-            ctx.deadline(),
-            "a watcher from before the fault is told of the outage (Degraded)",
-            &mut seen,
-        )
-        .await;
     }
 
     // The registration is back (or never left), seen by a client that knows nothing of it.
@@ -942,6 +947,53 @@ pub async fn server_wiped(ctx: Arc<Ctx>) {
 ///      written again if it expired.
 pub async fn server_paused_past_the_ttl(ctx: Arc<Ctx>) {
     survives(ctx, Fault::PausePastTtl).await;
+}
+
+/// A watcher created before `fault` (a restart or a wipe) is told of the outage
+/// (`Degraded`), then recovers (`Recovered`) with the true list.
+async fn outage_is_told(ctx: Arc<Ctx>, fault: Fault) {
+    let service = ctx.service("told");
+    let instance = ctx.instance(&service, "a");
+    ctx.register(&instance).await;
+    let mut watcher = ctx.registry.watch(&service).await.expect("watch");
+    watcher_reaches(
+        &mut watcher,
+        std::slice::from_ref(&instance),
+        ctx.deadline(),
+    )
+    .await;
+    let mut seen = Seen::new(std::slice::from_ref(&instance));
+    match fault {
+        Fault::Restart => ctx.server().await.restart().await,
+        Fault::Wipe => ctx.server().await.wipe().await,
+        other => panic!("outage_is_told covers a restart or a wipe, not {other:?}"),
+    }
+    seen.note("server answers again");
+    degraded_within(
+        &mut watcher,
+        ctx.deadline(),
+        "a watcher from before the fault is told of the outage (Degraded)",
+        &mut seen,
+    )
+    .await;
+    recovers_to(
+        &mut watcher,
+        std::slice::from_ref(&instance),
+        RECOVERY,
+        "the watcher from before the fault recovers (Recovered) with the true list",
+        &mut seen,
+    )
+    .await;
+}
+
+/// 11e. A watcher from before a server restart is told of it (`Degraded`), then recovers.
+pub async fn restart_is_told_to_watchers(ctx: Arc<Ctx>) {
+    outage_is_told(ctx, Fault::Restart).await;
+}
+
+/// 11f. A watcher from before a server wipe is told of it (`Degraded`), then recovers.
+pub async fn wipe_is_told_to_watchers(ctx: Arc<Ctx>) {
+    outage_is_told(ctx, Fault::Wipe).await;
 }
 
 /// 11d. The registration deleted behind the owner's back with the server's raw client: the

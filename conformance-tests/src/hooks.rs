@@ -169,31 +169,60 @@ pub fn zookeeper_delete(
 }
 
 /// Nacos: deletes each endpoint's Nacos instance (service `{name}.{scheme}`, at the
-/// endpoint's address) with the open API (`DELETE /nacos/v1/ns/instance`).
+/// endpoint's address) with the open API (`DELETE /nacos/v1/ns/instance`), and fails when
+/// the server did not list it before (rnacos answers `ok` for an instance it does not have).
 pub fn nacos_delete(
     url: String,
     instance: ServiceInstance,
 ) -> BoxFuture<'static, Result<(), String>> {
     async move {
         let (parsed, authority) = parse(&url)?;
-        let namespace = parsed
-            .query_pairs()
-            .find(|(k, _)| k == "namespace")
-            .map(|(_, v)| v.into_owned())
+        let option = |key: &str| {
+            parsed
+                .query_pairs()
+                .find(|(k, _)| k == key)
+                .map(|(_, v)| v.into_owned())
+        };
+        let namespace = option("namespace")
             .filter(|n| n != "public")
             .unwrap_or_default();
+        let group = option("group").unwrap_or_else(|| "DEFAULT_GROUP".to_owned());
         let client = reqwest::Client::new();
         for endpoint in &instance.endpoints {
             let endpoint = Url::parse(endpoint).map_err(|e| format!("{endpoint}: {e}"))?;
             let host = endpoint.host_str().ok_or("an endpoint without a host")?;
             let port = endpoint.port().ok_or("an endpoint without a port")?;
             let service = format!("{}.{}", instance.name, endpoint.scheme());
+            let listed = check(
+                client
+                    .get(format!("http://{authority}/nacos/v1/ns/instance/list"))
+                    .query(&[
+                        ("serviceName", service.as_str()),
+                        ("groupName", group.as_str()),
+                        ("namespaceId", namespace.as_str()),
+                    ])
+                    .send()
+                    .await,
+            )
+            .await?;
+            let listed: serde_json::Value =
+                serde_json::from_str(&listed).map_err(|e| format!("{e}: {listed}"))?;
+            let there = listed["hosts"].as_array().is_some_and(|hosts| {
+                hosts
+                    .iter()
+                    .any(|h| h["ip"] == host && h["port"].as_u64() == Some(u64::from(port)))
+            });
+            if !there {
+                return Err(format!(
+                    "{service} does not list {host}:{port}: nothing to delete ({listed})"
+                ));
+            }
             check(
                 client
                     .delete(format!("http://{authority}/nacos/v1/ns/instance"))
                     .query(&[
                         ("serviceName", service.as_str()),
-                        ("groupName", "DEFAULT_GROUP"),
+                        ("groupName", group.as_str()),
                         ("clusterName", "DEFAULT"),
                         ("namespaceId", namespace.as_str()),
                         ("ip", host),
@@ -368,8 +397,10 @@ pub fn nacos_subscribers(url: String) -> BoxFuture<'static, Result<ServerCounts,
             .map(|s| format!("{}:{}", s["ip"], s["port"]))
             .collect();
         let text = metrics(format!("http://{authority}/nacos/metrics")).await?;
-        // Absent until the first gRPC request.
-        let requests = prometheus_value(&text, "grpc_request_total_count")?.unwrap_or(0);
+        // Present from the first gRPC request on, and the case's client made some (its
+        // connect): an absent count must not pass as "no requests".
+        let requests = prometheus_value(&text, "grpc_request_total_count")?
+            .ok_or("no grpc_request_total_count in rnacos' /nacos/metrics")?;
         Ok(ServerCounts {
             watches: connections.len() as u64,
             requests: Some(requests),
