@@ -57,28 +57,7 @@ impl Drop for Resolver {
     }
 }
 
-/// The largest weight an instance can have (Nacos' own bound): a larger one, written by
-/// anyone who can write to the registry, is taken as this, so that sums of weights stay finite.
-pub const MAX_WEIGHT: f64 = 10_000.0;
-
-/// An instance's weight from its metadata: 1 when absent or not a positive number, at most
-/// [`MAX_WEIGHT`].
-fn weight_of(instance: &ServiceInstance) -> f64 {
-    let Some(text) = instance.metadata.get("weight") else {
-        return 1.0;
-    };
-    match text.parse::<f64>() {
-        Ok(w) if w.is_finite() && w > MAX_WEIGHT => {
-            tracing::warn!(id = %instance.id, weight = %text, max = MAX_WEIGHT, "instance weight too large; capped");
-            MAX_WEIGHT
-        }
-        Ok(w) if w.is_finite() && w > 0.0 => w,
-        _ => {
-            tracing::warn!(id = %instance.id, weight = %text, "instance weight is not a positive number; 1 used");
-            1.0
-        }
-    }
-}
+pub use registry_core::untrusted::MAX_WEIGHT;
 
 fn nodes_of(list: &[ServiceInstance], scheme: &str, options: &Options) -> Vec<Node> {
     list.iter()
@@ -111,7 +90,7 @@ pub(crate) fn instance_nodes(
     if endpoints.is_empty() {
         return Vec::new();
     }
-    let weight = weight_of(instance);
+    let weight = registry_core::untrusted::weight(instance);
     let metadata = Arc::new(instance.metadata.clone());
     endpoints
         .into_iter()

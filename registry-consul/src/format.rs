@@ -219,7 +219,15 @@ pub(crate) fn from_consul(entry: HealthEntry) -> Option<ServiceInstance> {
         .filter_map(|(key, tagged)| match Endpoint::parse(&tagged.address) {
             Ok(endpoint) if endpoint.scheme() == key => Some(endpoint),
             _ => {
-                tracing::warn!(service = %service.service, id = %service.id, %key, address = %tagged.address, "Consul tagged address is not an endpoint; skipped");
+                registry_core::untrusted::skip(
+                    "consul",
+                    &service.service,
+                    &service.id,
+                    format_args!(
+                        "tagged address {key:?} = {:?} is not an endpoint of that scheme",
+                        tagged.address
+                    ),
+                );
                 None
             }
         })
@@ -243,13 +251,8 @@ pub(crate) fn from_consul(entry: HealthEntry) -> Option<ServiceInstance> {
         metadata: service.meta.unwrap_or_default().into_iter().collect(),
         endpoints,
     };
-    match instance.validate() {
-        Ok(()) => Some(instance),
-        Err(e) => {
-            tracing::warn!(service = %instance.name, id = %instance.id, error = %e, "Consul service is not a valid instance; skipped");
-            None
-        }
-    }
+    let id = instance.id.clone();
+    registry_core::untrusted::check("consul", &id, instance)
 }
 
 #[cfg(test)]

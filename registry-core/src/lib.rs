@@ -48,6 +48,7 @@ pub mod memory;
 mod options;
 pub mod registration;
 mod registry;
+pub mod untrusted;
 pub mod validate;
 pub mod watch;
 

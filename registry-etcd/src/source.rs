@@ -15,19 +15,10 @@ use crate::core::Connection;
 use crate::error::{is_out_of_range, map_err};
 use crate::rpc::mvccpb::event::EventType;
 
-/// Decodes the instances under a prefix, skipping (with a warning) what is not one.
+/// Decodes the value at `key`: `None` (said once, by the core) when it is not a valid
+/// instance of `name`.
 pub(crate) fn decode(key: &[u8], value: &[u8], name: &str) -> Option<ServiceInstance> {
-    match ServiceInstance::from_json(value) {
-        Ok(instance) if instance.name == name => Some(instance),
-        Ok(instance) => {
-            tracing::warn!(key = %String::from_utf8_lossy(key), found = %instance.name, "etcd value names another service; skipped");
-            None
-        }
-        Err(e) => {
-            tracing::warn!(key = %String::from_utf8_lossy(key), error = %e, "etcd value is not an instance; skipped");
-            None
-        }
-    }
+    registry_core::untrusted::decode("etcd", name, &String::from_utf8_lossy(key), value)
 }
 
 /// What a watch knows of one service's prefix, exactly as it was at `revision`.

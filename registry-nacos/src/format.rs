@@ -131,7 +131,8 @@ fn piece(service: &str, scheme: &str, nacos: &NacosInstance) -> Option<Piece> {
         .cloned()
         .unwrap_or_else(|| format!("{kind}://{host}:{}", nacos.port));
     if let Err(e) = Endpoint::parse(&endpoint) {
-        tracing::warn!(%service, ip = %nacos.ip, port = nacos.port, error = %e, "Nacos instance has no valid endpoint; skipped");
+        let key = format!("{service} {}:{}", nacos.ip, nacos.port);
+        registry_core::untrusted::skip("nacos", service, &key, e);
         return None;
     }
     let mut metadata: BTreeMap<String, String> = meta
@@ -234,13 +235,8 @@ pub(crate) fn assemble(
             endpoints: parts.iter().map(|p| p.endpoint.clone()).collect(),
         };
         if complete {
-            match instance.validate() {
-                Ok(()) => {
-                    out.insert(id, instance);
-                }
-                Err(e) => {
-                    tracing::warn!(%name, %id, error = %e, "Nacos instance is not valid; skipped")
-                }
+            if let Some(instance) = registry_core::untrusted::check("nacos", &id, instance) {
+                out.insert(id, instance);
             }
         } else if let Some(last) = previous.get(&id) {
             out.insert(id, last.clone());

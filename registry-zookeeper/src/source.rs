@@ -14,19 +14,10 @@ use crate::error::map_err;
 use crate::node::{timed, timed_raw};
 use crate::session::Zk;
 
-/// Decodes a node's data, skipping (with a warning) what is not an instance of `name`.
+/// Decodes a node's data: `None` (said once, by the core) when it is not a valid instance
+/// of `name`.
 fn decode(path: &str, data: &[u8], name: &str) -> Option<ServiceInstance> {
-    match ServiceInstance::from_json(data) {
-        Ok(instance) if instance.name == name => Some(instance),
-        Ok(instance) => {
-            tracing::warn!(%path, found = %instance.name, "ZooKeeper node names another service; skipped");
-            None
-        }
-        Err(e) => {
-            tracing::warn!(%path, error = %e, "ZooKeeper node is not an instance; skipped");
-            None
-        }
-    }
+    registry_core::untrusted::decode("zookeeper", name, path, data)
 }
 
 /// Reads one child: `None` when it is gone or not a valid instance.
