@@ -16,6 +16,10 @@ use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::process::{Child, Command};
 use tokio::time::Instant;
 
+use crate::hostile::{
+    big_metadata_value_round_trips, foreign_values_are_skipped_once, hundred_endpoints_round_trip,
+    longest_names_round_trip, unicode_round_trips,
+};
 use crate::{list_until, Case, Ctx, Needs};
 
 /// A [`Case`] of the async function `$name` of this module.
@@ -152,6 +156,20 @@ pub fn cases() -> Vec<Case> {
         case!(
             dotted_service_name_round_trips,
             Needs::caps(register_and_watch)
+        ),
+        case!(
+            big_metadata_value_round_trips,
+            Needs::caps(register_and_watch)
+        ),
+        case!(
+            hundred_endpoints_round_trip,
+            Needs::caps(register_and_watch)
+        ),
+        case!(longest_names_round_trip, Needs::caps(register_and_watch)),
+        case!(unicode_round_trips, Needs::caps(register_and_watch)),
+        case!(
+            foreign_values_are_skipped_once,
+            Needs::caps(register_and_watch).with_write_foreign()
         ),
     ]
 }

@@ -408,3 +408,234 @@ pub fn nacos_subscribers(url: String) -> BoxFuture<'static, Result<ServerCounts,
     }
     .boxed()
 }
+
+/// About 1 MiB of JSON: an instance of `service` whose metadata is beyond the core's bounds,
+/// `bytes` long in all.
+fn big_instance_json(service: &str, id: &str, bytes: usize) -> Vec<u8> {
+    let head = serde_json::json!({"id": id, "name": service, "metadata": {"big": ""}})
+        .to_string()
+        .len();
+    let big = "x".repeat(bytes.saturating_sub(head));
+    serde_json::json!({"id": id, "name": service, "metadata": {"big": big}, "endpoints": []})
+        .to_string()
+        .into_bytes()
+}
+
+/// The foreign values a key-value backend (etcd, ZooKeeper) writes under a service, by the
+/// last segment of their key: about 1 MiB (`big` bytes) of an instance over the bounds,
+/// bytes that are not UTF-8, an instance naming another service, one with an invalid id.
+fn foreign_values(service: &str, big: usize) -> Vec<(&'static str, Vec<u8>)> {
+    let other = serde_json::json!({"id": "x", "name": "another-service", "endpoints": ["http://127.0.0.1:1"]});
+    let bad_id = serde_json::json!({"id": "../escape", "name": service, "endpoints": ["http://127.0.0.1:1"]});
+    vec![
+        (
+            "foreign-big",
+            big_instance_json(service, "foreign-big", big),
+        ),
+        (
+            "foreign-binary",
+            vec![0xff, 0xfe, 0x00, 0x80, b'{', 0xc3, 0x28],
+        ),
+        ("foreign-other", other.to_string().into_bytes()),
+        ("foreign-bad-id", bad_id.to_string().into_bytes()),
+    ]
+}
+
+/// etcd: puts [`foreign_values`] (the big one 1 MiB) at `{namespace}/{service}/foreign-*`
+/// through the JSON gateway; removes them with one range delete.
+pub fn etcd_write_foreign(
+    url: String,
+    service: String,
+    remove: bool,
+) -> BoxFuture<'static, Result<usize, String>> {
+    async move {
+        use base64::engine::general_purpose::STANDARD;
+        use base64::Engine;
+        let (parsed, authority) = parse(&url)?;
+        let namespace = path_or(&parsed, "/microservices");
+        let prefix = format!("{namespace}/{service}/foreign-");
+        let client = reqwest::Client::new();
+        if remove {
+            let mut end = prefix.clone().into_bytes();
+            if let Some(last) = end.last_mut() {
+                *last += 1;
+            }
+            let body = serde_json::json!({"key": STANDARD.encode(&prefix), "range_end": STANDARD.encode(&end)});
+            check(
+                client
+                    .post(format!("http://{authority}/v3/kv/deleterange"))
+                    .json(&body)
+                    .send()
+                    .await,
+            )
+            .await?;
+            return Ok(0);
+        }
+        let values = foreign_values(&service, 1024 * 1024);
+        for (key, value) in &values {
+            let key = format!("{namespace}/{service}/{key}");
+            let body =
+                serde_json::json!({"key": STANDARD.encode(&key), "value": STANDARD.encode(value)});
+            check(
+                client
+                    .post(format!("http://{authority}/v3/kv/put"))
+                    .json(&body)
+                    .send()
+                    .await,
+            )
+            .await
+            .map_err(|e| format!("put {key}: {e}"))?;
+        }
+        Ok(values.len())
+    }
+    .boxed()
+}
+
+/// ZooKeeper: creates [`foreign_values`] as persistent nodes `{root}/{service}/foreign-*`
+/// with zookeeper-client (the big one 1 MiB less 1 KiB: the server's `jute.maxbuffer` is
+/// 1 MiB for a whole request); removes them.
+pub fn zookeeper_write_foreign(
+    url: String,
+    service: String,
+    remove: bool,
+) -> BoxFuture<'static, Result<usize, String>> {
+    async move {
+        let (parsed, authority) = parse(&url)?;
+        let root = path_or(&parsed, "/microservices");
+        let client = zookeeper_client::Client::connect(&authority)
+            .await
+            .map_err(|e| format!("connect to {authority}: {e}"))?;
+        let values = foreign_values(&service, 1024 * 1024 - 1024);
+        for (key, value) in &values {
+            let path = format!("{root}/{service}/{key}");
+            let done = if remove {
+                match client.delete(&path, None).await {
+                    Err(zookeeper_client::Error::NoNode) => Ok(()),
+                    other => other,
+                }
+            } else {
+                let options = zookeeper_client::CreateMode::Persistent
+                    .with_acls(zookeeper_client::Acls::anyone_all());
+                client.create(&path, value, &options).await.map(drop)
+            };
+            done.map_err(|e| format!("{path}: {e}"))?;
+        }
+        Ok(values.len())
+    }
+    .boxed()
+}
+
+/// Consul: registers two services of the name, with ids that are not valid instance ids
+/// (one with about 1 MiB of tags and a tagged address that is not a URL, one with a unicode
+/// id and a version tag over the bound), straight at the agent; deregisters them.
+pub fn consul_write_foreign(
+    url: String,
+    service: String,
+    remove: bool,
+) -> BoxFuture<'static, Result<usize, String>> {
+    async move {
+        let (_, authority) = parse(&url)?;
+        let client = reqwest::Client::new();
+        let big_tags: Vec<String> = (0..1024)
+            .map(|i| format!("{i:04}{}", "t".repeat(1020)))
+            .collect();
+        let foreign = [
+            serde_json::json!({
+                "ID": format!("foreign big {service}"), "Name": service, "Port": 1,
+                "Tags": big_tags,
+                "TaggedAddresses": {"grpc": {"Address": "not a url", "Port": 1}},
+            }),
+            serde_json::json!({
+                "ID": format!("foreign-ünï-{service}"), "Name": service, "Port": 2,
+                "Tags": [format!("version={}", "v".repeat(1000))],
+            }),
+        ];
+        for service in &foreign {
+            let id = service["ID"].as_str().unwrap_or_default();
+            let request = if remove {
+                let mut url =
+                    Url::parse(&format!("http://{authority}/v1/agent/service/deregister/"))
+                        .map_err(|e| e.to_string())?;
+                url.path_segments_mut()
+                    .map_err(|()| "not a base URL")?
+                    .pop_if_empty()
+                    .push(id);
+                client.put(url)
+            } else {
+                client
+                    .put(format!("http://{authority}/v1/agent/service/register"))
+                    .json(service)
+            };
+            check(request.send().await)
+                .await
+                .map_err(|e| format!("{id}: {e}"))?;
+        }
+        Ok(foreign.len())
+    }
+    .boxed()
+}
+
+/// Nacos: registers two persistent instances with the open API (`POST
+/// /nacos/v1/ns/instance`) in the name's `http` and `grpc` services: one with about 1 MiB of
+/// metadata, one whose `endpoint` metadata is not a URL; deletes them.
+pub fn nacos_write_foreign(
+    url: String,
+    service: String,
+    remove: bool,
+) -> BoxFuture<'static, Result<usize, String>> {
+    async move {
+        let (parsed, authority) = parse(&url)?;
+        let option = |key: &str| {
+            parsed
+                .query_pairs()
+                .find(|(k, _)| k == key)
+                .map(|(_, v)| v.into_owned())
+        };
+        let namespace = option("namespace")
+            .filter(|n| n != "public")
+            .unwrap_or_default();
+        let group = option("group").unwrap_or_else(|| "DEFAULT_GROUP".to_owned());
+        let foreign = [
+            (
+                format!("{service}.http"),
+                "10.0.0.1",
+                "1",
+                serde_json::json!({"kind": "http", "big": "x".repeat(1024 * 1024)}),
+            ),
+            (
+                format!("{service}.grpc"),
+                "10.0.0.2",
+                "2",
+                serde_json::json!({"kind": "grpc", "endpoint": "not a url"}),
+            ),
+        ];
+        let client = reqwest::Client::new();
+        for (nacos_service, ip, port, metadata) in &foreign {
+            let metadata = metadata.to_string();
+            let mut form = vec![
+                ("serviceName", nacos_service.as_str()),
+                ("groupName", group.as_str()),
+                ("namespaceId", namespace.as_str()),
+                ("clusterName", "DEFAULT"),
+                ("ip", ip),
+                ("port", port),
+                ("ephemeral", "false"),
+            ];
+            let request = if remove {
+                client
+                    .delete(format!("http://{authority}/nacos/v1/ns/instance"))
+                    .query(&form)
+            } else {
+                form.push(("metadata", metadata.as_str()));
+                client
+                    .post(format!("http://{authority}/nacos/v1/ns/instance"))
+                    .form(&form)
+            };
+            check(request.send().await)
+                .await
+                .map_err(|e| format!("{nacos_service} {ip}:{port}: {e}"))?;
+        }
+        Ok(foreign.len())
+    }
+    .boxed()
+}

@@ -26,6 +26,8 @@ use registry::{Capabilities, Registry, ServiceInstance};
 
 pub mod cases;
 pub mod hooks;
+mod hostile;
+pub mod warnings;
 
 pub use test_support::ServerControl;
 
@@ -45,6 +47,12 @@ pub type DeleteOutside =
 /// Reads the server's own counts of watches and requests (given the case's registry URL):
 /// its metrics, four-letter words or open API.
 pub type UpstreamCount = fn(url: String) -> BoxFuture<'static, Result<ServerCounts, String>>;
+
+/// Writes foreign and corrupt values among the instances of a service with the server's raw
+/// client, given the case's registry URL and the service (`remove` false), and returns how
+/// many it wrote; with `remove` true, removes what it wrote.
+pub type WriteForeign =
+    fn(url: String, service: String, remove: bool) -> BoxFuture<'static, Result<usize, String>>;
 
 /// What an [`UpstreamCount`] hook reads from a server.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -90,6 +98,8 @@ pub struct Target {
     pub delete_outside: Option<DeleteOutside>,
     /// Reads the server's count of upstream watches, on a server of a case's own.
     pub upstream_count: Option<UpstreamCount>,
+    /// Writes foreign values under a service's prefix.
+    pub write_foreign: Option<WriteForeign>,
 }
 
 impl Target {
@@ -104,6 +114,7 @@ impl Target {
             server: None,
             delete_outside: None,
             upstream_count: None,
+            write_foreign: None,
         }
     }
 
@@ -137,6 +148,12 @@ impl Target {
         self
     }
 
+    /// Sets the hook that writes foreign values under a service's prefix.
+    pub fn write_foreign(mut self, write: WriteForeign) -> Self {
+        self.write_foreign = Some(write);
+        self
+    }
+
     /// Sets the hook that reads the server's count of upstream watches (on a server of a
     /// case's own: also set [`Target::server`]).
     pub fn upstream_count(mut self, count: UpstreamCount) -> Self {
@@ -160,6 +177,8 @@ pub struct Needs {
     /// The server's own count of upstream watches ([`Target::upstream_count`]), on a server
     /// of the case's own (so that no other case's watches are counted).
     pub upstream_count: bool,
+    /// A way to write foreign values under a service's prefix ([`Target::write_foreign`]).
+    pub write_foreign: bool,
 }
 
 impl Needs {
@@ -171,6 +190,7 @@ impl Needs {
             owner_process: false,
             delete_outside: false,
             upstream_count: false,
+            write_foreign: false,
         }
     }
 
@@ -204,6 +224,12 @@ impl Needs {
         self
     }
 
+    /// Also needs the hook that writes foreign values.
+    pub const fn with_write_foreign(mut self) -> Needs {
+        self.write_foreign = true;
+        self
+    }
+
     /// Why `target`, with `caps`, does not claim a case with these needs; `None` when it
     /// does.
     pub fn unmet(&self, target: &Target, caps: &Capabilities) -> Option<&'static str> {
@@ -217,6 +243,8 @@ impl Needs {
             Some("delete from outside")
         } else if self.upstream_count && target.upstream_count.is_none() {
             Some("upstream count")
+        } else if self.write_foreign && target.write_foreign.is_none() {
+            Some("write foreign values")
         } else {
             None
         }
@@ -345,6 +373,27 @@ impl Ctx {
         count(self.url()).await.unwrap_or_else(|e| {
             panic!("read the {} server's watch count: {e}", self.target.backend)
         })
+    }
+
+    /// Writes foreign values among the instances of `service` ([`Target::write_foreign`]);
+    /// returns how many. Fails the case when they cannot be written.
+    pub async fn write_foreign(&self, service: &str) -> usize {
+        let write = self
+            .target
+            .write_foreign
+            .expect("the case declares Needs::with_write_foreign");
+        write(self.url(), service.to_owned(), false)
+            .await
+            .unwrap_or_else(|e| panic!("write foreign values under {service}: {e}"))
+    }
+
+    /// Removes what [`Ctx::write_foreign`] wrote (a failure is logged).
+    pub async fn remove_foreign(&self, service: &str) {
+        if let Some(write) = self.target.write_foreign {
+            if let Err(e) = write(self.url(), service.to_owned(), true).await {
+                tracing::debug!(%e, %service, "cleanup: removing foreign values failed");
+            }
+        }
     }
 
     /// A new handle with the short TTL ([`Ctx::short_ttl_url`]).
@@ -628,14 +677,19 @@ fn run_id() -> String {
     format!("{mixed:08x}")
 }
 
-/// Logs go to the output only when `RUST_LOG` asks for them: the harness does not capture a
-/// passing trial's output.
+/// Keeps every warning for [`warnings::mentioning`]; logs go to the output only when
+/// `RUST_LOG` asks for them (the harness does not capture a passing trial's output).
 fn init_logging() {
-    if std::env::var_os("RUST_LOG").is_none() {
-        return;
-    }
-    let _ = tracing_subscriber::fmt()
-        .with_test_writer()
-        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+    use tracing_subscriber::Layer;
+    let output = std::env::var_os("RUST_LOG").map(|_| {
+        tracing_subscriber::fmt::layer()
+            .with_test_writer()
+            .with_filter(tracing_subscriber::EnvFilter::from_default_env())
+    });
+    let _ = tracing_subscriber::registry()
+        .with(warnings::Recorder.with_filter(tracing_subscriber::filter::LevelFilter::WARN))
+        .with(output)
         .try_init();
 }

@@ -21,7 +21,8 @@ fn main() {
             })
             .server(hooks::etcd_server)
             .delete_outside(hooks::etcd_delete)
-            .upstream_count(hooks::etcd_watch_count),
+            .upstream_count(hooks::etcd_watch_count)
+            .write_foreign(hooks::etcd_write_foreign),
             // Consul has no namespaces: the suite's service names carry the run id. Critical
             // leftovers of crash cases are reaped after a minute.
             Target::new("consul", |_run| {
@@ -29,7 +30,8 @@ fn main() {
             })
             .server(hooks::consul_server)
             .delete_outside(hooks::consul_delete)
-            .upstream_count(hooks::consul_blocking_queries),
+            .upstream_count(hooks::consul_blocking_queries)
+            .write_foreign(hooks::consul_write_foreign),
             // The session timeout is ZooKeeper's TTL; the servers' tick is 500 ms (floor 1 s).
             Target::new("zookeeper", |run| {
                 format!("zk://127.0.0.1:2181/conformance-{run}")
@@ -37,7 +39,8 @@ fn main() {
             .ttl_param("session_timeout")
             .server(hooks::zookeeper_server)
             .delete_outside(hooks::zookeeper_delete)
-            .upstream_count(hooks::zookeeper_watch_count),
+            .upstream_count(hooks::zookeeper_watch_count)
+            .write_foreign(hooks::zookeeper_write_foreign),
             // Nacos' expiry is the server's: a dead owner's connection drops at once; a silent
             // one is probed after the server's detection timeout (2 s on the test servers,
             // plus 3 s for the answer and a 2 s check period). A namespace per run keeps runs
@@ -49,7 +52,8 @@ fn main() {
             .short_ttl(Duration::from_secs(6))
             .server(hooks::nacos_server)
             .delete_outside(hooks::nacos_delete)
-            .upstream_count(hooks::nacos_subscribers),
+            .upstream_count(hooks::nacos_subscribers)
+            .write_foreign(hooks::nacos_write_foreign),
         ],
     )
 }

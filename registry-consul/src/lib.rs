@@ -146,6 +146,12 @@ impl Registry for ConsulRegistry {
         }
     }
 
+            // Consul's own rules for service metadata (checked before writing).
+            metadata: registry_core::MetadataLimits {
+                entries: 64,
+                value_bytes: 512,
+                token_keys: true,
+            },
     fn registration(&self, name: &str, id: &str) -> Option<RegistrationStatus> {
         self.inner.registrations.status(name, id)
     }

@@ -43,4 +43,39 @@ pub struct Capabilities {
     /// and only an outage longer than the backend's probe is told; the lists stay true either
     /// way.
     pub reports_every_outage: bool,
+    /// What the backend's server can hold of an instance's metadata, where it holds less
+    /// than the core's bounds ([`crate::validate`]). Within these limits every value
+    /// round-trips exactly; beyond them `register` fails with a permanent
+    /// [`crate::Error::InvalidInput`] and writes nothing.
+    pub metadata: MetadataLimits,
+}
+
+/// Limits a server puts on an instance's metadata, on top of the core's bounds
+/// ([`crate::validate`]); [`Default`] is the core's bounds alone.
+///
+/// ```
+/// use registry_core::{validate, MetadataLimits};
+/// let core = MetadataLimits::default();
+/// assert_eq!(core.value_bytes, validate::MAX_METADATA_BYTES);
+/// assert!(!core.token_keys);
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MetadataLimits {
+    /// The most entries.
+    pub entries: usize,
+    /// The longest value, in bytes.
+    pub value_bytes: usize,
+    /// Keys are limited to ASCII letters, digits, `_` and `-` (Consul's rule), so a key with
+    /// any other character (unicode, `.`) is refused.
+    pub token_keys: bool,
+}
+
+impl Default for MetadataLimits {
+    fn default() -> Self {
+        MetadataLimits {
+            entries: crate::validate::MAX_METADATA_ENTRIES,
+            value_bytes: crate::validate::MAX_METADATA_BYTES,
+            token_keys: false,
+        }
+    }
 }

@@ -53,7 +53,7 @@ pub mod validate;
 pub mod watch;
 
 pub use backoff::Backoff;
-pub use capability::Capabilities;
+pub use capability::{Capabilities, MetadataLimits};
 pub use checked::Checked;
 pub use endpoint::Endpoint;
 pub use error::{Error, Result, Source};

@@ -383,6 +383,7 @@ impl Registry for MemoryRegistry {
             expiry_slack: Duration::from_millis(500),
             min_ttl: Duration::from_millis(1),
             reports_every_outage: true,
+            metadata: Default::default(),
         }
     }
 

@@ -157,6 +157,7 @@ impl Registry for EtcdRegistry {
         }
     }
 
+            metadata: Default::default(),
     fn registration(&self, name: &str, id: &str) -> Option<RegistrationStatus> {
         self.inner.registrations.status(name, id)
     }

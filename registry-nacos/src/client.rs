@@ -1,6 +1,8 @@
 //! nacos-sdk's naming client, set up from a [`Config`].
 
 use std::future::Future;
+use std::path::PathBuf;
+use std::sync::OnceLock;
 use std::time::Duration;
 
 use nacos_sdk::api::naming::{NamingService, NamingServiceBuilder};
@@ -11,18 +13,31 @@ use registry_core::{Error, Result};
 use crate::error::map_err;
 use crate::Config;
 
-/// Builds the naming client and checks that a server answers. Returns the client and the
-/// temporary cache directory it uses (deleted when dropped), unless the config names one.
-pub(crate) async fn connect(config: &Config) -> Result<(NamingService, Option<tempfile::TempDir>)> {
-    let (cache_dir, cache) = match &config.cache_dir {
-        Some(dir) => (dir.clone(), None),
-        None => {
-            let dir = tempfile::Builder::new()
-                .prefix("registry-nacos-")
-                .tempdir()
-                .map_err(|e| Error::unavailable("Nacos cache directory", e))?;
-            (dir.path().to_owned(), Some(dir))
-        }
+/// The cache directory of every registry of this process that names none: nacos-sdk writes
+/// what the server pushes there from tasks of its own, which outlive a closed registry (a
+/// directory removed on close made each of them fail, with warnings). It is left behind when
+/// the process exits; nothing reads it back (`naming_load_cache_at_start` is off).
+fn process_cache_dir() -> Result<PathBuf> {
+    static DIR: OnceLock<std::result::Result<PathBuf, String>> = OnceLock::new();
+    DIR.get_or_init(|| {
+        tempfile::Builder::new()
+            .prefix("registry-nacos-")
+            .tempdir()
+            .map(tempfile::TempDir::keep)
+            .map_err(|e| e.to_string())
+    })
+    .clone()
+    .map_err(|e| Error::Unavailable {
+        message: format!("Nacos cache directory: {e}"),
+        source: None,
+    })
+}
+
+/// Builds the naming client and checks that a server answers.
+pub(crate) async fn connect(config: &Config) -> Result<NamingService> {
+    let cache_dir = match &config.cache_dir {
+        Some(dir) => dir.clone(),
+        None => process_cache_dir()?,
     };
     let mut props = ClientProps::new()
         .server_addr(config.servers.join(","))
@@ -49,7 +64,7 @@ pub(crate) async fn connect(config: &Config) -> Result<(NamingService, Option<te
     // Fail now, not at the first call, when no server answers.
     let probe = naming.get_service_list(1, 1, Some(config.group.clone()));
     timed("connect", REQUEST_TIMEOUT, probe).await?;
-    Ok((naming, cache))
+    Ok(naming)
 }
 
 /// How long one nacos-sdk request may take: nacos-sdk sets no deadline of its own, and a

@@ -45,8 +45,9 @@ pub struct Config {
     /// User name and password, when the server has authentication on. The password is
     /// never shown by `Debug`.
     pub credentials: Option<Credentials>,
-    /// Where nacos-sdk keeps its cache; a directory private to this registry (removed when it
-    /// is dropped) when `None`.
+    /// Where nacos-sdk keeps its cache of what the server pushes (nothing reads it back);
+    /// when `None`, one temporary directory for the whole process, left behind at exit
+    /// (nacos-sdk writes to it from tasks of its own, which outlive a closed registry).
     pub cache_dir: Option<PathBuf>,
     /// The core watch engine's settings (URL option `watch_timeout`: how long `watch()`
     /// waits for the first list).
@@ -145,7 +146,7 @@ impl Config {
     /// | `cluster` | cluster instances are registered in | `DEFAULT` |
     /// | `weight` | weight instances are registered with | `100` |
     /// | `username`, `password` | authentication (never logged) | none |
-    /// | `cache_dir` | nacos-sdk's cache directory | private to the registry |
+    /// | `cache_dir` | nacos-sdk's cache directory | one temporary directory per process |
     ///
     /// The port (HTTP; gRPC is port + 1000) defaults to 8848. Unknown options are errors;
     /// errors never show the password.

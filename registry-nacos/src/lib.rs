@@ -53,7 +53,6 @@ pub struct NacosRegistry {
     registrations: Registrations<NacosStore>,
     /// Dropped with the registry: wakes the task that deregisters what is left.
     _dropped: oneshot::Sender<()>,
-    _cache: Option<tempfile::TempDir>,
 }
 
 impl fmt::Debug for NacosRegistry {
@@ -72,7 +71,7 @@ impl NacosRegistry {
             backend: SCHEME,
             reason,
         })?;
-        let (naming, cache) = client::connect(&config).await?;
+        let naming = client::connect(&config).await?;
         let written = Written::default();
         let (dropped, on_drop) = oneshot::channel();
         tokio::spawn(leave_on_drop(
@@ -95,7 +94,6 @@ impl NacosRegistry {
             config,
             hub,
             _dropped: dropped,
-            _cache: cache,
         })
     }
 }
@@ -174,6 +172,7 @@ impl Registry for NacosRegistry {
         }
     }
 
+            metadata: Default::default(),
     fn registration(&self, name: &str, id: &str) -> Option<RegistrationStatus> {
         self.registrations.status(name, id)
     }

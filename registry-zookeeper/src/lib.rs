@@ -153,6 +153,7 @@ impl Registry for ZkRegistry {
         }
     }
 
+            metadata: Default::default(),
     fn registration(&self, name: &str, id: &str) -> Option<RegistrationStatus> {
         self.registrations.status(name, id)
     }
