@@ -165,7 +165,8 @@ pub async fn unicode_round_trips(ctx: Arc<Ctx>) {
 ///      service, an invalid id; each backend writes what its server takes,
 ///      [`crate::Target::write_foreign`]) are skipped: the watcher opened before them keeps
 ///      delivering exactly the valid instances through three changes, and `get_service` and a
-///      new watcher agree. Each skipped value is warned about, and no warning is repeated.
+///      new watcher agree. Each skipped value is warned about, and no warning of this
+///      project's crates is repeated.
 pub async fn foreign_values_are_skipped_once(ctx: Arc<Ctx>) {
     let service = ctx.service("foreign");
     let a = ctx.instance(&service, "a");
@@ -211,7 +212,12 @@ pub async fn foreign_values_are_skipped_once(ctx: Arc<Ctx>) {
         );
         let _ = other.close().await;
 
-        let said = warnings::mentioning(&service);
+        // What this project's crates said (nacos-sdk races with itself writing its disk
+        // cache, and says so, retrying).
+        let said: Vec<_> = warnings::mentioning(&service)
+            .into_iter()
+            .filter(|w| w.target.starts_with("registry"))
+            .collect();
         let skipped = said
             .iter()
             .filter(|w| w.message == "registry value skipped")

@@ -12,6 +12,8 @@ use tracing_subscriber::Layer;
 /// One warning: its message and its other fields, as `name=value` pairs in order.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct Warning {
+    /// The event's target (the module that logged it).
+    pub target: String,
     /// The event's message.
     pub message: String,
     /// The other fields.
@@ -72,6 +74,7 @@ impl<S: Subscriber> Layer<S> for Recorder {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .push(Warning {
+                target: event.metadata().target().to_owned(),
                 message: fields.message,
                 fields: fields.rest,
             });
