@@ -261,6 +261,30 @@ mod tests {
         assert!(err.to_string().contains("larger than"), "{err}");
     }
 
+    /// The longest JSON a valid instance can have (every byte a control character, escaped
+    /// as `\u0001`) is read back: it once was over the read bound, so that a registry held an
+    /// instance that every reader skipped.
+    #[test]
+    fn the_longest_encoding_is_read_back() {
+        use crate::validate::*;
+        let control = |bytes: usize| "\u{1}".repeat(bytes);
+        let mut at = ServiceInstance::builder("a".repeat(MAX_LEN), "n".repeat(MAX_LEN))
+            .version(control(MAX_VERSION_LEN));
+        for i in 0..MAX_ENDPOINTS {
+            let base = format!("e{i:03}://127.0.0.1:{}/", i + 1);
+            let pad = MAX_ENDPOINT_LEN - base.len();
+            at = at.endpoint(base + &control(pad));
+        }
+        let value_len = MAX_METADATA_BYTES / MAX_METADATA_ENTRIES - 4;
+        for i in 0..MAX_METADATA_ENTRIES {
+            at = at.metadata(format!("k{i:03}"), control(value_len));
+        }
+        let at = at.build().expect("at the bounds");
+        let json = at.to_json();
+        assert!(json.len() > 2 * 1024 * 1024 && json.len() <= MAX_ENCODED_LEN);
+        assert_eq!(ServiceInstance::from_json(json.as_bytes()).unwrap(), at);
+    }
+
     #[test]
     fn builder_rejects_a_bad_endpoint() {
         let err = ServiceInstance::builder("1", "svc")

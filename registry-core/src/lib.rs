@@ -48,6 +48,8 @@ pub mod memory;
 mod options;
 pub mod registration;
 mod registry;
+#[cfg(feature = "proptest")]
+pub mod strategy;
 pub mod untrusted;
 pub mod validate;
 pub mod watch;

@@ -42,7 +42,16 @@ pub const MAX_METADATA_KEY_LEN: usize = 256;
 pub const MAX_METADATA_BYTES: usize = 256 * 1024;
 /// The largest encoded instance read from a registry, in bytes: a larger value is skipped
 /// before it is parsed.
-pub const MAX_ENCODED_LEN: usize = 2 * 1024 * 1024;
+///
+/// It is the longest JSON of a valid instance, so that every instance a backend writes is read
+/// back: the id and name (never escaped), every byte of the version, the metadata and the
+/// endpoints escaped as `\u00XX` (six bytes each, a control character's escape), and the
+/// quotes, separators and field names around them (about 2.25 MiB).
+pub const MAX_ENCODED_LEN: usize = 2 * MAX_LEN
+    + 6 * (MAX_VERSION_LEN + MAX_METADATA_BYTES + MAX_ENDPOINTS * MAX_ENDPOINT_LEN)
+    + 6 * MAX_METADATA_ENTRIES // "k":"v",
+    + 3 * MAX_ENDPOINTS // "e",
+    + 64; // {"id":"","name":"","version":"","metadata":{},"endpoints":[]}
 
 /// Checks a service name against [the rule](self).
 pub fn validate_name(name: &str) -> Result<()> {
