@@ -46,7 +46,8 @@ pub struct Config {
     pub ttl: Duration,
     /// How long Consul keeps a service whose check is critical before reaping it.
     pub deregister_after: Duration,
-    /// Tags added to every registration, after `version=<version>`.
+    /// Tags added to every registration, after `version=<version>`; none may start with
+    /// `version=` or `endpoints=` (this backend's own tags).
     pub tags: Vec<String>,
     /// HTTPS, when set.
     pub tls: Option<TlsConfig>,
@@ -173,7 +174,7 @@ impl Config {
     /// | `token` | ACL token (sent as `X-Consul-Token`, never logged) | none |
     /// | `ttl` | health check TTL, passed every third of it; at least `1s` | `20s` |
     /// | `deregister_after` | Consul reaps a service critical this long; at least `1m` | `10m` |
-    /// | `tags` | comma-separated tags added to every registration | none |
+    /// | `tags` | comma-separated tags added to every registration (none may start with `version=` or `endpoints=`) | none |
     /// | `tls` | `true` for HTTPS (checked against the system roots unless `ca_file`) | `false` |
     /// | `ca_file` | PEM CA of the agent's certificate; turns HTTPS on | none |
     /// | `cert_file`, `key_file` | PEM client certificate and key | none |
@@ -252,6 +253,17 @@ impl Config {
         if self.wait.is_zero() {
             return Err("wait must be positive".into());
         }
+        let reserved = crate::format::RESERVED_TAG_PREFIXES;
+        if let Some(tag) = self
+            .tags
+            .iter()
+            .find(|t| reserved.iter().any(|p| t.starts_with(p)))
+        {
+            return Err(format!(
+                "tag {tag:?}: tags starting with {} are written by this backend",
+                reserved.join(" or ")
+            ));
+        }
         Ok(())
     }
 
@@ -312,6 +324,8 @@ mod tests {
             ("consul://h?datacenter=dc1&token=hunter2", "unknown option"),
             ("consul://h?cert_file=/c.pem", "go together"),
             ("consul://h?tls=false&ca_file=/ca.pem", "tls=false"),
+            ("consul://h?tags=a,version=v9", "written by this backend"),
+            ("consul://h?tags=endpoints=http", "written by this backend"),
         ] {
             let err = Config::from_url(url).unwrap_err();
             assert!(matches!(err, Error::InvalidUrl { .. }), "{url}: {err:?}");
