@@ -4,6 +4,7 @@ use std::fmt;
 use std::path::PathBuf;
 
 use registry_core::config::Credentials;
+use registry_core::untrusted::MAX_WEIGHT;
 use registry_core::watch::WatchConfig;
 use registry_core::{Error, RegistryUrl, Result, UrlOptions};
 
@@ -111,7 +112,7 @@ impl Config {
         self
     }
 
-    /// Sets the weight (default 100).
+    /// Sets the weight (default 100; Nacos takes 0 to 10000).
     pub fn with_weight(mut self, weight: f64) -> Self {
         self.weight = weight;
         self
@@ -144,7 +145,7 @@ impl Config {
     /// | `namespace` | namespace id (`public` is the public one) | public |
     /// | `group` | group of every service | `DEFAULT_GROUP` |
     /// | `cluster` | cluster instances are registered in | `DEFAULT` |
-    /// | `weight` | weight instances are registered with | `100` |
+    /// | `weight` | weight instances are registered with, 0 to 10000 | `100` |
     /// | `username`, `password` | authentication (never logged) | none |
     /// | `cache_dir` | nacos-sdk's cache directory | one temporary directory per process |
     ///
@@ -201,8 +202,8 @@ impl Config {
         if self.servers.is_empty() {
             return Err("no Nacos server".into());
         }
-        if !(self.weight.is_finite() && self.weight >= 0.0) {
-            return Err("weight must be a number >= 0".into());
+        if !(self.weight.is_finite() && (0.0..=MAX_WEIGHT).contains(&self.weight)) {
+            return Err("weight must be a number from 0 to 10000 (Nacos' range)".into());
         }
         if self.group.is_empty() || self.cluster.is_empty() {
             return Err("group and cluster must not be empty".into());
@@ -254,6 +255,8 @@ mod tests {
                 "nacos://h?weight=heavy&password=hunter2&username=u",
                 "not a number",
             ),
+            ("nacos://h?weight=10001", "from 0 to 10000"),
+            ("nacos://h?weight=inf", "from 0 to 10000"),
             ("nacos://h?password=hunter2", "go together"),
             (
                 "nacos://h?groups=x&password=hunter2&username=u",

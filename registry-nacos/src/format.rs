@@ -6,10 +6,16 @@
 //! rebuilt as one: `instance_id`, `endpoint` (the whole URL, query included),
 //! `endpoint_index`, `endpoint_count` and `instance_digest` (the same on every piece of one
 //! value, so that a half-updated instance is never shown).
+//!
+//! Refused before anything is written (`InvalidInput`): the keys above in the instance's own
+//! metadata, two endpoints of one scheme and address (one Nacos instance), an instance
+//! without endpoints (nothing would be written), and a `weight` that is not a number from 0 to
+//! 10000 (`inf`, `NaN` and `1e400` parse as numbers, but Nacos refuses them).
 
 use std::collections::{BTreeMap, HashMap};
 
 use nacos_sdk::api::naming::ServiceInstance as NacosInstance;
+use registry_core::untrusted::MAX_WEIGHT;
 use registry_core::{Endpoint, Error, Result, ServiceInstance};
 
 use crate::Config;
@@ -56,6 +62,14 @@ pub(crate) fn to_nacos(
         ));
     }
     let endpoints = instance.parsed_endpoints()?;
+    if endpoints.is_empty() {
+        // Nothing would be written, and the instance would never be listed.
+        return Err(Error::invalid(
+            "endpoints",
+            "no endpoints",
+            "Nacos holds an instance as its endpoints (one Nacos instance each): it needs one",
+        ));
+    }
     let mut seen = std::collections::BTreeSet::new();
     for e in &endpoints {
         if !seen.insert((e.scheme().to_owned(), e.authority())) {
@@ -67,9 +81,17 @@ pub(crate) fn to_nacos(
         }
     }
     let weight = match instance.metadata.get("weight") {
-        Some(w) => w
-            .parse()
-            .map_err(|_| Error::invalid("metadata", "weight", "the weight must be a number"))?,
+        // Nacos refuses a weight outside 0 to 10000; `inf` and `NaN` parse, and cannot be sent.
+        Some(w) => match w.parse::<f64>() {
+            Ok(weight) if weight.is_finite() && (0.0..=MAX_WEIGHT).contains(&weight) => weight,
+            _ => {
+                return Err(Error::invalid(
+                    "metadata",
+                    format!("weight={w}"),
+                    "the weight must be a number from 0 to 10000 (Nacos' range)",
+                ))
+            }
+        },
         None => config.weight,
     };
     let digest = digest(&instance.to_json());
@@ -318,6 +340,36 @@ mod tests {
     }
 
     #[test]
+    fn a_weight_nacos_cannot_take_or_no_endpoint_is_refused() {
+        let with_weight = |w: &str| {
+            ServiceInstance::builder("1", "s")
+                .metadata("weight", w)
+                .endpoint("http://h:1")
+                .build()
+                .unwrap()
+        };
+        for bad in ["inf", "-inf", "NaN", "-1", "10000.5", "1e400", "heavy"] {
+            let refused = to_nacos(&with_weight(bad), &Config::default());
+            assert!(
+                matches!(refused, Err(Error::InvalidInput { .. })),
+                "{bad}: {refused:?}"
+            );
+        }
+        for (good, weight) in [("0", 0.0), ("10000", 10_000.0), ("0.5", 0.5), ("1e3", 1e3)] {
+            let parts = to_nacos(&with_weight(good), &Config::default()).unwrap();
+            assert_eq!(parts[0].1.weight, weight);
+        }
+        let none = ServiceInstance::builder("1", "s").build().unwrap();
+        assert!(matches!(
+            to_nacos(&none, &Config::default()),
+            Err(Error::InvalidInput {
+                field: "endpoints",
+                ..
+            })
+        ));
+    }
+
+    #[test]
     fn reserved_metadata_is_refused() {
         let me = ServiceInstance::builder("1", "s")
             .metadata("kind", "x")
@@ -328,5 +380,130 @@ mod tests {
             to_nacos(&me, &Config::default()),
             Err(Error::InvalidInput { .. })
         ));
+    }
+}
+
+#[cfg(test)]
+mod properties {
+    use proptest::prelude::*;
+    use registry_core::strategy::{self, Drawn, Shape};
+
+    use super::*;
+
+    /// What Nacos holds ([`to_nacos`]): at least one endpoint, one per scheme and address,
+    /// none of the metadata keys this backend writes, a `weight` that is a number Nacos takes.
+    fn nacos() -> Shape {
+        Shape {
+            min_endpoints: 1,
+            one_endpoint_per_address: true,
+            reserved_keys: RESERVED.iter().map(|k| k.to_string()).collect(),
+            ..Shape::default()
+        }
+    }
+
+    /// What a Nacos server refuses of a registration ("The weights range from 0.0 to
+    /// 10000.0"); it keeps the rest as it is sent.
+    fn server_refuses(part: &NacosInstance) -> Option<String> {
+        let w = part.weight;
+        (!(w.is_finite() && (0.0..=10_000.0).contains(&w))).then(|| format!("weight {w}"))
+    }
+
+    /// Writes `instance` as its Nacos instances, groups them by service as a listing of the
+    /// name's services does, and rebuilds it: the first difference, or why it could not be
+    /// written.
+    fn round_trip(instance: &ServiceInstance, config: &Config) -> Result<Option<String>, String> {
+        let parts = to_nacos(instance, config).map_err(|e| e.to_string())?;
+        let mut services = Services::new();
+        for (service, part) in parts {
+            if let Some(refused) = server_refuses(&part) {
+                return Err(format!("the server refuses {service}: {refused}"));
+            }
+            services.entry(service).or_default().push(part);
+        }
+        let mut all = assemble(&instance.name, &services, &BTreeMap::new());
+        let back = all.remove(&instance.id).unwrap_or_default();
+        if let Some(other) = all.keys().next() {
+            return Ok(Some(format!("another instance {other:?} was read")));
+        }
+        Ok(strategy::difference(instance, &back))
+    }
+
+    proptest! {
+        #![proptest_config(strategy::config(256))]
+
+        /// Every valid instance that Nacos holds comes back exactly (endpoints in order,
+        /// IPv6 hosts, unicode metadata, an empty version) from its Nacos instances.
+        #[test]
+        fn every_instance_nacos_holds_round_trips(Drawn(instance) in strategy::instance(&nacos())) {
+            prop_assert!(instance.validate().is_ok(), "{:?}", instance.validate());
+            prop_assert_eq!(round_trip(&instance, &Config::default()), Ok(None));
+        }
+    }
+
+    proptest! {
+        #![proptest_config(strategy::config(128))]
+
+        /// Whatever a caller passes is refused with a typed error before anything is
+        /// written, or is held and read back exactly; never a panic.
+        #[test]
+        fn any_instance_is_refused_or_round_trips(Drawn(instance) in strategy::any_instance()) {
+            match to_nacos(&instance, &Config::default()) {
+                Err(Error::InvalidInput { .. }) => {}
+                Err(e) => prop_assert!(false, "refused with {e:?}, not InvalidInput"),
+                Ok(_) => {
+                    prop_assert!(instance.validate().is_ok());
+                    prop_assert_eq!(round_trip(&instance, &Config::default()), Ok(None));
+                }
+            }
+        }
+
+        /// One thing Nacos cannot hold, added to a valid instance that it can: refused with
+        /// `InvalidInput`, before anything is written.
+        #[test]
+        fn what_nacos_cannot_hold_is_refused(
+            Drawn(instance) in strategy::instance(&nacos()),
+            flaw in 0..6usize,
+            weight in prop::sample::select(&[
+                "inf", "-inf", "infinity", "NaN", "-1", "-0.5", "10000.5", "1e5", "1e400",
+                "heavy", "", " 5",
+            ][..]),
+            reserved in prop::sample::select(&RESERVED[..]),
+        ) {
+            use registry_core::validate::{MAX_ENDPOINTS, MAX_METADATA_BYTES, MAX_METADATA_ENTRIES};
+            let mut bad = instance;
+            // Room for the endpoints and the entry added.
+            bad.endpoints.truncate(MAX_ENDPOINTS - 2);
+            let bytes = |m: &BTreeMap<String, String>| -> usize {
+                m.iter().map(|(k, v)| k.len() + v.len()).sum()
+            };
+            while bad.metadata.len() >= MAX_METADATA_ENTRIES
+                || bytes(&bad.metadata) > MAX_METADATA_BYTES - 64
+            {
+                bad.metadata.pop_last();
+            }
+            match flaw {
+                0 => drop(bad.metadata.insert("weight".into(), weight.into())),
+                1 => drop(bad.metadata.insert(reserved.into(), "x".into())),
+                2 => {
+                    bad.endpoints.push("grpc://10.0.0.1:1".into());
+                    bad.endpoints.push("grpc://10.0.0.1:1/other?isSecure=true".into());
+                }
+                3 => {
+                    bad.endpoints.push("http://[::1]:80".into());
+                    bad.endpoints.push("HTTP://[0:0::1]:080/".into());
+                }
+                4 => {
+                    bad.endpoints.push("http://LOCALHOST:1".into());
+                    bad.endpoints.push("http://localhost:1/".into());
+                }
+                _ => bad.endpoints.clear(),
+            }
+            prop_assert!(bad.validate().is_ok(), "{:?}", bad.validate());
+            let refused = to_nacos(&bad, &Config::default());
+            prop_assert!(
+                matches!(refused, Err(Error::InvalidInput { .. })),
+                "flaw {}: {:?}", flaw, refused.map(|parts| parts.len())
+            );
+        }
     }
 }
