@@ -143,15 +143,15 @@ impl Registry for ConsulRegistry {
             expiry_slack: Duration::from_millis(1500),
             min_ttl: MIN_TTL,
             reports_every_outage: true,
-        }
-    }
-
             // Consul's own rules for service metadata (checked before writing).
             metadata: registry_core::MetadataLimits {
                 entries: 64,
                 value_bytes: 512,
                 token_keys: true,
             },
+        }
+    }
+
     fn registration(&self, name: &str, id: &str) -> Option<RegistrationStatus> {
         self.inner.registrations.status(name, id)
     }

@@ -154,10 +154,10 @@ impl Registry for EtcdRegistry {
             expiry_slack: Duration::from_millis(1500),
             min_ttl: MIN_TTL,
             reports_every_outage: true,
+            metadata: Default::default(),
         }
     }
 
-            metadata: Default::default(),
     fn registration(&self, name: &str, id: &str) -> Option<RegistrationStatus> {
         self.inner.registrations.status(name, id)
     }

@@ -169,10 +169,10 @@ impl Registry for NacosRegistry {
             // nacos-sdk reconnects out of sight: a restart quicker than the watch's probe
             // (one second) is not told; the pushes after it keep the lists true.
             reports_every_outage: false,
+            metadata: Default::default(),
         }
     }
 
-            metadata: Default::default(),
     fn registration(&self, name: &str, id: &str) -> Option<RegistrationStatus> {
         self.registrations.status(name, id)
     }

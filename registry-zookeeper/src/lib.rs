@@ -150,10 +150,10 @@ impl Registry for ZkRegistry {
             // Two ticks of the test servers (tickTime 500 ms); a server's own floor applies.
             min_ttl: Duration::from_secs(1),
             reports_every_outage: true,
+            metadata: Default::default(),
         }
     }
 
-            metadata: Default::default(),
     fn registration(&self, name: &str, id: &str) -> Option<RegistrationStatus> {
         self.registrations.status(name, id)
     }
