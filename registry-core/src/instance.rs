@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Deserializer, Serialize};
 
-use crate::validate::{check_bounds, validate_id, validate_name, MAX_ENCODED_LEN};
+use crate::validate::{check_bounds, validate_id, validate_name, MAX_ENCODED_LEN, MAX_JSON_LEN};
 use crate::{Endpoint, Error, Result};
 
 /// One running instance of a service.
@@ -76,7 +76,48 @@ impl ServiceInstance {
         for ep in &self.endpoints {
             Endpoint::parse(ep)?;
         }
+        let json_len = self.json_len();
+        if json_len > MAX_JSON_LEN {
+            return Err(Error::invalid(
+                "instance",
+                format!("{json_len} bytes of JSON"),
+                format!("more than {MAX_JSON_LEN} bytes once encoded"),
+            ));
+        }
         Ok(())
+    }
+
+    /// The length of [`to_json`](Self::to_json): counted without encoding when even
+    /// escaping every byte (six bytes each) would stay within [`MAX_JSON_LEN`].
+    fn json_len(&self) -> usize {
+        let strings = self.id.len()
+            + self.name.len()
+            + self.version.len()
+            + self
+                .metadata
+                .iter()
+                .map(|(k, v)| k.len() + v.len())
+                .sum::<usize>()
+            + self.endpoints.iter().map(String::len).sum::<usize>();
+        let items = self.metadata.len() + self.endpoints.len();
+        let most = 6 * strings + 6 * items + 64;
+        if most <= MAX_JSON_LEN {
+            return most;
+        }
+        struct Count(usize);
+        impl std::io::Write for Count {
+            fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+                self.0 += buf.len();
+                Ok(buf.len())
+            }
+            fn flush(&mut self) -> std::io::Result<()> {
+                Ok(())
+            }
+        }
+        let mut count = Count(0);
+        // A struct of strings and a string map always serialises.
+        let _ = serde_json::to_writer(&mut count, self);
+        count.0
     }
 
     /// The parsed endpoints, in order; fails on the first that does not parse.
@@ -261,11 +302,13 @@ mod tests {
         assert!(err.to_string().contains("larger than"), "{err}");
     }
 
-    /// The longest JSON a valid instance can have (every byte a control character, escaped
-    /// as `\u0001`) is read back: it once was over the read bound, so that a registry held an
-    /// instance that every reader skipped.
+    /// An instance at every bound made of control characters (each escaped as `\u0001`)
+    /// encodes to more than 2 MiB: it is refused (no server would take it in one node or
+    /// request), and it is not refused before parsing either, so a foreign writer's longer
+    /// encoding of a valid instance is read. One of exactly [`MAX_JSON_LEN`] bytes is valid
+    /// and read back.
     #[test]
-    fn the_longest_encoding_is_read_back() {
+    fn the_json_bound_is_checked_on_our_encoding() {
         use crate::validate::*;
         let control = |bytes: usize| "\u{1}".repeat(bytes);
         let mut at = ServiceInstance::builder("a".repeat(MAX_LEN), "n".repeat(MAX_LEN))
@@ -279,10 +322,23 @@ mod tests {
         for i in 0..MAX_METADATA_ENTRIES {
             at = at.metadata(format!("k{i:03}"), control(value_len));
         }
-        let at = at.build().expect("at the bounds");
-        let json = at.to_json();
-        assert!(json.len() > 2 * 1024 * 1024 && json.len() <= MAX_ENCODED_LEN);
-        assert_eq!(ServiceInstance::from_json(json.as_bytes()).unwrap(), at);
+        let err = at.build().expect_err("over the JSON bound");
+        assert!(err.to_string().contains("once encoded"), "{err}");
+
+        let mut exact = ServiceInstance::builder("1", "s").metadata("v", "");
+        let empty_len = exact.clone().build().unwrap().to_json().len();
+        let room = MAX_JSON_LEN - empty_len;
+        exact = exact.metadata("v", control(room / 6) + &"x".repeat(room % 6));
+        let exact = exact.build().expect("within the JSON bound");
+        let json = exact.to_json();
+        assert_eq!(json.len(), MAX_JSON_LEN);
+        assert_eq!(ServiceInstance::from_json(json.as_bytes()).unwrap(), exact);
+        let one_more = ServiceInstance {
+            version: "v".into(),
+            ..exact
+        };
+        assert!(one_more.validate().is_err());
+        assert!(MAX_ENCODED_LEN > 2 * MAX_JSON_LEN);
     }
 
     #[test]

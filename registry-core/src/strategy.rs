@@ -13,7 +13,8 @@
 //! - one case in eight is at the bounds: the longest id and name, the longest version, the
 //!   most endpoints of the longest length, the most metadata (one value of all the bytes, or
 //!   every entry), each filled with one character, a control character or `"` included (their
-//!   JSON escapes make the longest encoding).
+//!   JSON escapes make the longest encoding), cut back to [`MAX_JSON_LEN`] of JSON where
+//!   they are over it (metadata values first, then endpoints).
 //!
 //! Endpoints: schemes `http`, `https`, `grpc`, ... and made-up ones, upper case included;
 //! hosts IPv4, IPv6 (`[::1]`, compressed, full, IPv4-mapped), the any addresses, DNS names
@@ -35,7 +36,7 @@ use proptest::sample::select;
 use proptest::test_runner::Config;
 
 use crate::validate::{
-    MAX_ENDPOINTS, MAX_ENDPOINT_LEN, MAX_METADATA_BYTES, MAX_METADATA_ENTRIES,
+    MAX_ENDPOINTS, MAX_ENDPOINT_LEN, MAX_JSON_LEN, MAX_METADATA_BYTES, MAX_METADATA_ENTRIES,
     MAX_METADATA_KEY_LEN, MAX_VERSION_LEN,
 };
 use crate::{Endpoint, ServiceInstance};
@@ -373,7 +374,7 @@ fn usual(shape: &Shape) -> BoxedStrategy<ServiceInstance> {
             if let Some(w) = weight {
                 metadata.insert("weight".into(), w);
             }
-            fit(
+            within_json_bound(fit(
                 &shape,
                 ServiceInstance {
                     id,
@@ -382,9 +383,30 @@ fn usual(shape: &Shape) -> BoxedStrategy<ServiceInstance> {
                     metadata,
                     endpoints,
                 },
-            )
+            ))
         })
         .boxed()
+}
+
+/// `instance` cut until its JSON is within [`MAX_JSON_LEN`]: every metadata value halved,
+/// then half the endpoints dropped, then the version halved, as long as it is over (an
+/// instance at every other bound, of characters JSON escapes, is over).
+fn within_json_bound(mut instance: ServiceInstance) -> ServiceInstance {
+    while instance.to_json().len() > MAX_JSON_LEN {
+        if instance.metadata.values().any(|v| !v.is_empty()) {
+            for value in instance.metadata.values_mut() {
+                let half = value.len() / 2;
+                *value = cut(std::mem::take(value), half);
+            }
+        } else if instance.endpoints.len() > 1 {
+            let half = instance.endpoints.len() / 2;
+            instance.endpoints.truncate(half);
+        } else {
+            let half = instance.version.len() / 2;
+            instance.version = cut(std::mem::take(&mut instance.version), half);
+        }
+    }
+    instance
 }
 
 /// The characters a case at the bounds is filled with.
@@ -432,7 +454,7 @@ fn at_bounds(shape: &Shape) -> BoxedStrategy<ServiceInstance> {
             for value in metadata.values_mut() {
                 *value = filled("", fill, value_bytes);
             }
-            fit(
+            within_json_bound(fit(
                 &shape,
                 ServiceInstance {
                     id,
@@ -441,7 +463,7 @@ fn at_bounds(shape: &Shape) -> BoxedStrategy<ServiceInstance> {
                     metadata,
                     endpoints,
                 },
-            )
+            ))
         })
         .boxed()
 }

@@ -22,7 +22,8 @@
 //! | version | [`MAX_VERSION_LEN`] bytes |
 //! | endpoints | [`MAX_ENDPOINTS`], each at most [`MAX_ENDPOINT_LEN`] bytes, with a port 1 to 65535 |
 //! | metadata | [`MAX_METADATA_ENTRIES`] entries, keys of 1 to [`MAX_METADATA_KEY_LEN`] bytes, [`MAX_METADATA_BYTES`] of keys and values together |
-//! | an encoded instance read from a registry | [`MAX_ENCODED_LEN`] bytes |
+//! | the instance's JSON ([`ServiceInstance::to_json`](crate::ServiceInstance::to_json)) | [`MAX_JSON_LEN`] bytes, so that it fits in one ZooKeeper node and one etcd request |
+//! | an encoded instance read from a registry, before it is parsed | [`MAX_ENCODED_LEN`] bytes |
 
 use crate::{Error, Result};
 
@@ -40,11 +41,19 @@ pub const MAX_METADATA_ENTRIES: usize = 256;
 pub const MAX_METADATA_KEY_LEN: usize = 256;
 /// The most bytes of metadata keys and values, together, an instance may have.
 pub const MAX_METADATA_BYTES: usize = 256 * 1024;
+/// The longest JSON of a valid instance, in bytes: it fits in one ZooKeeper node (the
+/// server's `jute.maxbuffer`, 1 MiB by default, bounds a whole request) and one etcd request
+/// (`--max-request-bytes`, 1.5 MiB by default), so that a valid instance is never one the
+/// server refuses. It only matters for instances near every other bound at once, or made of
+/// characters JSON escapes (a control character takes six bytes).
+pub const MAX_JSON_LEN: usize = 1_000_000;
+
 /// The largest encoded instance read from a registry, in bytes: a larger value is skipped
 /// before it is parsed.
 ///
-/// It is the longest JSON of a valid instance, so that every instance a backend writes is read
-/// back: the id and name (never escaped), every byte of the version, the metadata and the
+/// It is the longest JSON any writer could give an instance within the other bounds, so
+/// that no instance is refused before [`MAX_JSON_LEN`] is checked on our own encoding of
+/// it: the id and name (never escaped), every byte of the version, the metadata and the
 /// endpoints escaped as `\u00XX` (six bytes each, a control character's escape), and the
 /// quotes, separators and field names around them (about 2.25 MiB).
 pub const MAX_ENCODED_LEN: usize = 2 * MAX_LEN
