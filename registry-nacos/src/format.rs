@@ -12,7 +12,7 @@
 //! without endpoints (nothing would be written), and a `weight` that is not a number from 0 to
 //! 10000 (`inf`, `NaN` and `1e400` parse as numbers, but Nacos refuses them).
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use nacos_sdk::api::naming::ServiceInstance as NacosInstance;
 use registry_core::untrusted::MAX_WEIGHT;
@@ -216,6 +216,28 @@ fn scheme_of<'a>(name: &str, service: &'a str) -> &'a str {
 /// Whether a Nacos instance says it is an endpoint of `scheme` (its `kind` metadata).
 pub(crate) fn is_of_scheme(nacos: &NacosInstance, scheme: &str) -> bool {
     nacos.metadata.get(KIND).is_some_and(|kind| kind == scheme)
+}
+
+/// The ids of our instances in `services` that are missing pieces: fewer endpoints found
+/// than they were written with. A piece may be in a Nacos service the watch does not follow
+/// yet (a scheme other than the common ones, registered after the watch started), or not
+/// written yet.
+pub(crate) fn incomplete(services: &Services) -> BTreeSet<String> {
+    let mut found: BTreeMap<&str, (usize, usize)> = BTreeMap::new();
+    for nacos in services.values().flatten() {
+        let meta = &nacos.metadata;
+        if let Some(id) = meta.get(ID) {
+            let count = meta.get(COUNT).and_then(|v| v.parse().ok()).unwrap_or(1);
+            let entry = found.entry(id).or_insert((0, count));
+            entry.0 += 1;
+            entry.1 = entry.1.max(count);
+        }
+    }
+    found
+        .into_iter()
+        .filter(|(_, (pieces, count))| pieces < count)
+        .map(|(id, _)| id.to_owned())
+        .collect()
 }
 
 /// Rebuilds the instances of `name`. An instance is complete when all its endpoints are

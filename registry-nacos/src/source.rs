@@ -1,7 +1,8 @@
 //! Nacos' reading primitives for the core's watch engine: a name's services read once, then
 //! one subscription per Nacos service of the name, the whole list rebuilt after each push.
 //! Schemes other than the common ones are found when the engine lists (at the start and
-//! after a failure); there is no periodic scan of the group.
+//! after a failure), and while an instance misses pieces (a group scan after 200 ms, then
+//! less and less often while scans find nothing new); there is no other scan of the group.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};
@@ -17,7 +18,7 @@ use registry_core::{Result, ServiceInstance};
 use tokio::sync::mpsc;
 
 use crate::client::{timed, REQUEST_TIMEOUT};
-use crate::format::{assemble, service_of, Services};
+use crate::format::{assemble, incomplete, service_of, Services};
 
 /// Schemes a watch follows from its start, before they appear in the service list.
 const COMMON_SCHEMES: [&str; 4] = ["http", "https", "grpc", "grpcs"];
@@ -119,6 +120,14 @@ pub(crate) struct NacosSource {
     probed: tokio::sync::Mutex<Option<(Instant, Result<()>)>>,
 }
 
+/// How long a watch waits, once an instance misses pieces, before it scans the group for
+/// services of the name it does not follow yet; the wait doubles after each scan that
+/// finds none, up to [`SCAN_MAX`].
+const SCAN_FIRST: Duration = Duration::from_millis(200);
+/// The longest wait between two scans for an instance's missing pieces (one written half by
+/// another client, for instance, stays incomplete).
+const SCAN_MAX: Duration = Duration::from_secs(30);
+
 /// How often a watch makes sure the server still answers.
 const PROBE_EVERY: Duration = Duration::from_secs(1);
 /// How long a probe may take before the server counts as unreachable (a frozen server
@@ -214,40 +223,87 @@ impl NacosSource {
             },
         );
         let mut services = Services::new();
-        for service in wanted {
-            let group = Some(self.group.clone());
-            let call = self
-                .naming
-                .subscribe(service.clone(), group, Vec::new(), listener.clone());
-            if let Err(e) = timed("subscribe", REQUEST_TIMEOUT, call).await {
-                return Stop::Failed(e);
-            }
-            if let Some(subscription) = self.subscriptions().get_mut(name) {
-                subscription.services.insert(service.clone());
-            }
-            match instances_of(&self.naming, &self.group, &service).await {
-                Ok(instances) => services.insert(service, instances),
-                Err(e) => return Stop::Failed(e),
-            };
+        if let Err(e) = self.subscribe(name, wanted, &listener, &mut services).await {
+            return Stop::Failed(e);
         }
         updates.following();
-        let mut shown = assemble(name, &services, &BTreeMap::new());
-        updates.list(shown.values().cloned().collect(), from.clone());
-        while let Some(event) = rx.recv().await {
+        // While an instance misses pieces, they may be in services of schemes not followed
+        // yet (those never push here): the group is scanned for them after a short wait,
+        // then less and less often while the scans find nothing new.
+        let mut next_scan: Option<tokio::time::Instant> = None;
+        let mut scan_every = SCAN_FIRST;
+        let mut shown = BTreeMap::new();
+        loop {
+            shown = assemble(name, &services, &shown);
+            updates.list(shown.values().cloned().collect(), from.clone());
+            if incomplete(&services).is_empty() {
+                (next_scan, scan_every) = (None, SCAN_FIRST);
+            } else if next_scan.is_none() {
+                next_scan = Some(tokio::time::Instant::now() + scan_every);
+            }
+            let event = match next_scan {
+                Some(at) => match tokio::time::timeout_at(at, rx.recv()).await {
+                    Ok(event) => event,
+                    Err(_) => {
+                        let new = match services_of(&self.naming, &self.group, name).await {
+                            Ok(found) => found
+                                .into_iter()
+                                .filter(|s| !services.contains_key(s))
+                                .collect::<Vec<_>>(),
+                            Err(e) => return Stop::Failed(e),
+                        };
+                        scan_every = if new.is_empty() {
+                            (scan_every * 2).min(SCAN_MAX)
+                        } else {
+                            SCAN_FIRST
+                        };
+                        next_scan = None;
+                        if let Err(e) = self.subscribe(name, new, &listener, &mut services).await {
+                            return Stop::Failed(e);
+                        }
+                        continue;
+                    }
+                },
+                None => rx.recv().await,
+            };
+            let Some(event) = event else {
+                break;
+            };
             let service = event
                 .service_name
                 .rsplit_once("@@")
                 .map_or(event.service_name.as_str(), |(_, s)| s)
                 .to_owned();
-            if !services.contains_key(&service) {
-                continue;
+            if let Some(held) = services.get_mut(&service) {
+                *held = event.instances.clone().unwrap_or_default();
             }
-            services.insert(service, event.instances.clone().unwrap_or_default());
-            shown = assemble(name, &services, &shown);
-            updates.list(shown.values().cloned().collect(), from.clone());
         }
         drop(running);
         Stop::Failed(registry_core::Error::Closed)
+    }
+
+    /// Subscribes `listener` to each of `wanted` (noting it in `name`'s subscription) and
+    /// reads its instances into `services`.
+    async fn subscribe(
+        &self,
+        name: &str,
+        wanted: impl IntoIterator<Item = String>,
+        listener: &Arc<dyn NamingEventListener>,
+        services: &mut Services,
+    ) -> Result<()> {
+        for service in wanted {
+            let group = Some(self.group.clone());
+            let call = self
+                .naming
+                .subscribe(service.clone(), group, Vec::new(), listener.clone());
+            timed("subscribe", REQUEST_TIMEOUT, call).await?;
+            if let Some(subscription) = self.subscriptions().get_mut(name) {
+                subscription.services.insert(service.clone());
+            }
+            let instances = instances_of(&self.naming, &self.group, &service).await?;
+            services.insert(service, instances);
+        }
+        Ok(())
     }
 }
 
