@@ -47,19 +47,26 @@ impl Endpoint {
             return Err(bad("has no host (expected scheme://host:port)"));
         }
         // `url` hides a port equal to the scheme's default (`http://h:80`), so read the port
-        // from the text of the authority.
-        let authority = raw
-            .split_once("://")
-            .map_or("", |(_, rest)| rest)
-            .split(['/', '?', '#'])
-            .next()
-            .unwrap_or_default();
+        // from the text of the authority: the one after the scheme's own `://`.
+        let authority = match raw.split_once("://") {
+            Some((scheme, rest)) if scheme.eq_ignore_ascii_case(url.scheme()) => {
+                rest.split(['/', '?', '#']).next().unwrap_or_default()
+            }
+            _ => "",
+        };
         let port = authority
             .rsplit_once(':')
             .and_then(|(_, port)| port.parse::<u16>().ok())
             .ok_or_else(|| bad("has no port (expected scheme://host:port)"))?;
         if port == 0 {
             return Err(bad("has port 0 (expected a port from 1 to 65535)"));
+        }
+        // And that port is the URL's: `url` reads some text another way (`http://h:1\x:2` is
+        // port 1 to it), and the host comes from `url`.
+        if url.port_or_known_default() != Some(port) {
+            return Err(bad(
+                "its port is not the URL's (expected scheme://host:port)",
+            ));
         }
         Ok(Endpoint {
             raw: raw.to_owned(),
@@ -165,6 +172,33 @@ mod tests {
 
         let ep = Endpoint::parse("http://example.com:80").unwrap();
         assert_eq!(ep.port(), 80);
+    }
+
+    /// Found by the `endpoint` fuzz target: the host came from where `url` reads it and
+    /// the port from elsewhere in the text, so `authority()` named another server than the
+    /// URL.
+    #[test]
+    fn the_port_is_the_urls_own() {
+        for bad in [
+            "http:/http://user01:3594",
+            "http:/h://x:80",
+            "http://h:80\\x:90",
+            "grpc://h:80\\x:90",
+        ] {
+            let err = Endpoint::parse(bad).expect_err(bad);
+            assert!(
+                matches!(
+                    err,
+                    Error::InvalidInput {
+                        field: "endpoint",
+                        ..
+                    }
+                ),
+                "{bad}: {err}"
+            );
+        }
+        let ep = Endpoint::parse("HTTP://example.com:080/x").unwrap();
+        assert_eq!((ep.host(), ep.port()), ("example.com", 80));
     }
 
     #[test]

@@ -259,11 +259,11 @@ impl MemoryRegistry {
     /// A handle from a URL: `memory://[STORE][?ttl=DURATION]`.
     pub fn from_url(url: &Url) -> Result<Self> {
         if url.scheme() != SCHEME {
-            return Err(Error::invalid_url(url.as_str(), "expected memory://"));
+            return Err(Error::invalid_url(crate::redact(url), "expected memory://"));
         }
         if !matches!(url.path(), "" | "/") {
             return Err(Error::invalid_url(
-                url.as_str(),
+                crate::redact(url),
                 "memory:// takes a store name, not a path",
             ));
         }
@@ -271,7 +271,10 @@ impl MemoryRegistry {
         let ttl = opts.duration("ttl")?.unwrap_or(DEFAULT_TTL);
         opts.finish()?;
         if ttl.is_zero() {
-            return Err(Error::invalid_url(url.as_str(), "ttl must be positive"));
+            return Err(Error::invalid_url(
+                crate::redact(url),
+                "ttl must be positive",
+            ));
         }
         Ok(Self::named(url.host_str().unwrap_or_default(), ttl))
     }
@@ -524,6 +527,21 @@ mod tests {
                 ),
                 "{bad}"
             );
+        }
+    }
+
+    /// Found by the `registry_url` fuzz target: these errors showed the URL as written.
+    #[test]
+    fn bad_urls_are_refused_without_their_secrets() {
+        for bad in [
+            "memory://user:hunter2secret@store/path",
+            "memory://user:hunter2secret@store?ttl=0s",
+            "memory://x/.1?digest=user:hunter2secret",
+        ] {
+            let url = Url::parse(bad).unwrap();
+            let err = MemoryRegistry::from_url(&url).unwrap_err();
+            assert!(matches!(err, Error::InvalidUrl { .. }), "{bad}: {err}");
+            assert!(!err.to_string().contains("hunter2"), "{bad}: {err}");
         }
     }
 }

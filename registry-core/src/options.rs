@@ -172,6 +172,18 @@ impl RegistryUrl {
         let Some((scheme, rest)) = raw.split_once("://") else {
             return Err(Error::invalid_url(not_shown(), "not a URL: no scheme://"));
         };
+        // Else `url` reads the scheme, user and hosts elsewhere than this split does
+        // (`etcd:x?y://user:password@h` has no user to it, and would show the password).
+        let is_scheme = scheme.starts_with(|c: char| c.is_ascii_alphabetic())
+            && scheme
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "+-.".contains(c));
+        if !is_scheme {
+            return Err(Error::invalid_url(
+                not_shown(),
+                "not a URL: what comes before :// is not a scheme",
+            ));
+        }
         let end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
         let (authority, tail) = rest.split_at(end);
         let (userinfo, host_list) = match authority.rsplit_once('@') {
@@ -271,6 +283,25 @@ mod tests {
         let err = opts.finish().unwrap_err().to_string();
         assert!(err.contains("password"), "{err}");
         assert!(!err.contains("hunter2"), "{err}");
+    }
+
+    /// Found by the `registry_url` fuzz target: the text before the first `://` was taken as
+    /// the scheme, but `url` read a scheme, a path and a query in it, and the user and
+    /// password after it as part of the query, shown in errors.
+    #[test]
+    fn what_comes_before_the_authority_is_a_scheme() {
+        for bad in [
+            "nacos:x/848?names://nacos:hunter2secret@/cs",
+            "etcd:x://user:hunter2secret@h:2379",
+            " etcd://user:hunter2secret@h:2379",
+            "1etcd://h:2379",
+        ] {
+            let err = RegistryUrl::parse(bad).unwrap_err();
+            assert!(matches!(err, Error::InvalidUrl { .. }), "{bad}: {err}");
+            assert!(!err.to_string().contains("hunter2"), "{bad}: {err}");
+        }
+        let url = RegistryUrl::parse("Etcd+tls.v3-x://h:2379").unwrap();
+        assert_eq!(url.scheme(), "etcd+tls.v3-x");
     }
 
     #[test]
