@@ -16,6 +16,9 @@ mod client;
 mod config;
 mod error;
 mod format;
+#[doc(hidden)]
+#[cfg(feature = "fuzzing")]
+pub mod fuzzing;
 mod source;
 mod store;
 

@@ -16,6 +16,9 @@ mod client;
 mod config;
 mod core;
 mod error;
+#[doc(hidden)]
+#[cfg(feature = "fuzzing")]
+pub mod fuzzing;
 mod rpc;
 mod source;
 mod store;

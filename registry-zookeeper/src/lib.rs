@@ -16,6 +16,9 @@ use zookeeper_client::Error as Z;
 
 mod config;
 mod error;
+#[doc(hidden)]
+#[cfg(feature = "fuzzing")]
+pub mod fuzzing;
 mod node;
 mod session;
 mod source;
