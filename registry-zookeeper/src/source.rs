@@ -16,7 +16,7 @@ use crate::session::Zk;
 
 /// Decodes a node's data: `None` (said once, by the core) when it is not a valid instance
 /// of `name`.
-fn decode(path: &str, data: &[u8], name: &str) -> Option<ServiceInstance> {
+pub(crate) fn decode(path: &str, data: &[u8], name: &str) -> Option<ServiceInstance> {
     registry_core::untrusted::decode("zookeeper", name, path, data)
 }
 
