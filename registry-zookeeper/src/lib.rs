@@ -102,7 +102,9 @@ impl ZkRegistry {
     /// The session that owns the node of `instance`'s registration made through this
     /// registry; `None` while it is not written (or not held by this registry).
     pub fn node_session(&self, instance: &ServiceInstance) -> Option<i64> {
-        self.registrations.lease(&instance.name, &instance.id)
+        self.registrations
+            .lease(&instance.name, &instance.id)
+            .map(|written| written.session)
     }
 
     /// The id of the current session, if one is established.

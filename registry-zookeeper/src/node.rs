@@ -1,41 +1,134 @@
-//! Creating and deleting our ephemeral nodes without stealing anyone else's.
+//! Creating, updating and deleting our ephemeral nodes without stealing anyone else's.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 
 use registry_core::{Error, Result, ServiceInstance};
-use zookeeper_client::{Client, Error as Z};
+use zookeeper_client::{Client, Error as Z, Stat};
 
 use crate::error::map_err;
 use crate::session::Zk;
 
-/// Creates (or updates) the ephemeral node of `instance` at `path` in `client`'s session;
-/// returns that session. A node already there is updated when this session owns it, replaced
-/// when an earlier session of this registry owns it, and left alone (a conflict) otherwise.
-pub(crate) async fn create(
+/// The node of a registration as this registry wrote it last: the lease the core's
+/// supervisor keeps for it.
+#[derive(Debug, Clone)]
+pub(crate) struct Written {
+    /// The session that owns the node.
+    pub(crate) session: i64,
+    /// The node's data version after that write; `None` where the server did not say
+    /// (ZooKeeper 3.4 answers a create without the node's stat).
+    version: Option<i32>,
+    /// Set once the registration's hold saw the node lost (deleted, taken over, its session
+    /// ended): the next write then checks who owns the path before writing.
+    lost: Arc<AtomicBool>,
+}
+
+impl Written {
+    fn new(session: i64, stat: &Stat) -> Self {
+        Written {
+            session,
+            version: (!stat.is_invalid() && stat.version >= 0).then_some(stat.version),
+            lost: Arc::default(),
+        }
+    }
+
+    /// The registration's hold saw the node lost.
+    pub(crate) fn set_lost(&self) {
+        self.lost.store(true, Ordering::Relaxed);
+    }
+
+    /// The version of our node that `session` may update in place: the one written last, while
+    /// no loss was seen since.
+    fn updatable(&self, session: i64) -> Option<i32> {
+        if self.session != session || self.lost.load(Ordering::Relaxed) {
+            return None;
+        }
+        self.version
+    }
+}
+
+impl PartialEq for Written {
+    fn eq(&self, other: &Self) -> bool {
+        (self.session, self.version) == (other.session, other.version)
+    }
+}
+
+/// Writes the ephemeral node of `instance` at `path` in `client`'s session, in one round trip
+/// in the common cases: an update of the node this session wrote last (`held`) is a `setData`
+/// of its version; anything else is a `create`, with the parents made only when it is missing
+/// them. A node already there is updated when this session owns it, replaced when an earlier
+/// session of this registry owns it, and left alone (a conflict) otherwise.
+pub(crate) async fn write(
     zk: &Zk,
     client: &Client,
     path: &str,
     instance: &ServiceInstance,
-) -> Result<i64> {
+    held: Option<&Written>,
+) -> Result<Written> {
     let session = client.session_id().0;
     let data = instance.to_json().into_bytes();
-    let parent = path.rsplit_once('/').map_or("", |(parent, _)| parent);
-    timed(zk, "mkdir", client.mkdir(parent, &zk.persistent())).await?;
-    // A few rounds: the node may come and go between our calls.
-    for _ in 0..5 {
-        match timed_raw(zk, client.create(path, &data, &zk.ephemeral())).await {
-            Ok(Ok(_)) => return Ok(session),
-            Ok(Err(Z::NodeExists)) => {}
-            Ok(Err(e)) => return Err(map_err("create", e)),
-            Err(e) => return Err(e),
+    if let Some(version) = held.and_then(|held| held.updatable(session)) {
+        // Only the version we wrote is set: a node changed or replaced since is not.
+        match timed_raw(zk, client.set_data(path, &data, Some(version))).await? {
+            Ok(stat) if stat.ephemeral_owner == session => return Ok(Written::new(session, &stat)),
+            Ok(stat) => {
+                // A race only: our node was deleted from outside, another session created
+                // one in its place at the same version, and this update came before the
+                // registration's hold saw the loss. ZooKeeper has no write conditioned on
+                // the owner, so it cannot be ruled out beforehand: it is reported as a
+                // conflict, and nothing more is written to that node.
+                tracing::error!(%path, owner = %format!("{:#x}", stat.ephemeral_owner), "an update reached a node another session created in place of ours");
+                return Err(held_by(path, stat.ephemeral_owner));
+            }
+            // Gone, or changed from outside: the create path looks at who holds it.
+            Err(Z::NoNode | Z::BadVersion) => {}
+            Err(e) => return Err(map_err("set", e)),
         }
-        let stat = match timed_raw(zk, client.get_data(path)).await? {
-            Ok((_, stat)) => stat,
-            Err(Z::NoNode) => continue,
-            Err(e) => return Err(map_err("get", e)),
+    }
+    create(zk, client, path, &data, session).await
+}
+
+/// A conflict: the node at `path` is held by `owner` (0: a persistent node), not by us.
+fn held_by(path: &str, owner: i64) -> Error {
+    let holder = if owner == 0 {
+        "a persistent node".to_owned()
+    } else {
+        format!("session {owner:#x} of another client")
+    };
+    Error::Conflict {
+        message: format!("ZooKeeper node {path} is held by {holder}; it is left alone"),
+    }
+}
+
+/// Creates the node at `path` with `data` in `session`, making its parents only when the
+/// create says they are missing; a node already there is dealt with as [`write`] says.
+async fn create(
+    zk: &Zk,
+    client: &Client,
+    path: &str,
+    data: &[u8],
+    session: i64,
+) -> Result<Written> {
+    let parent = path.rsplit_once('/').map_or("", |(parent, _)| parent);
+    // A few rounds: the node and its parent may come and go between our calls.
+    for _ in 0..5 {
+        match timed_raw(zk, client.create(path, data, &zk.ephemeral())).await? {
+            Ok((stat, _)) => return Ok(Written::new(session, &stat)),
+            Err(Z::NodeExists) => {}
+            Err(Z::NoNode) => {
+                timed(zk, "mkdir", client.mkdir(parent, &zk.persistent())).await?;
+                continue;
+            }
+            Err(e) => return Err(map_err("create", e)),
+        }
+        let stat = match timed(zk, "exists", client.check_stat(path)).await? {
+            Some(stat) => stat,
+            None => continue,
         };
         let owner = stat.ephemeral_owner;
         if owner == session {
-            match timed_raw(zk, client.set_data(path, &data, Some(stat.version))).await? {
-                Ok(_) => return Ok(session),
+            match timed_raw(zk, client.set_data(path, data, Some(stat.version))).await? {
+                Ok(stat) => return Ok(Written::new(session, &stat)),
                 Err(Z::BadVersion | Z::NoNode) => continue,
                 Err(e) => return Err(map_err("set", e)),
             }
@@ -46,14 +139,7 @@ pub(crate) async fn create(
                 Err(e) => return Err(map_err("delete", e)),
             }
         } else {
-            let holder = if owner == 0 {
-                "a persistent node".to_owned()
-            } else {
-                format!("session {owner:#x} of another client")
-            };
-            return Err(Error::Conflict {
-                message: format!("ZooKeeper node {path} is held by {holder}; it is left alone"),
-            });
+            return Err(held_by(path, owner));
         }
     }
     Err(Error::Unavailable {

@@ -9,7 +9,7 @@ use registry_core::registration::Store;
 use registry_core::{Error, Result, ServiceInstance};
 
 use crate::error::map_err;
-use crate::node;
+use crate::node::{self, Written};
 use crate::session::Zk;
 use crate::SCHEME;
 
@@ -27,32 +27,9 @@ impl ZkStore {
     fn interval(&self) -> Duration {
         self.zk.config.session_timeout / 3
     }
-}
 
-fn lost(message: String) -> Error {
-    Error::Backend {
-        backend: SCHEME,
-        message,
-        temporary: true,
-        source: None,
-    }
-}
-
-#[async_trait]
-impl Store for ZkStore {
-    /// The session that owns the node.
-    type Lease = i64;
-
-    async fn write(&self, instance: &ServiceInstance, _held: Option<&i64>) -> Result<i64> {
-        let client = self.zk.client().await?;
-        let path = self.path(&instance.name, &instance.id);
-        node::create(&self.zk, &client, &path, instance).await
-    }
-
-    /// Watches the node; resolves when its session ended or it is gone or taken over. It is
-    /// also checked every third of the session timeout, so that a watch the client did not
-    /// set again after a reconnection cannot hide a loss.
-    async fn hold(&self, instance: &ServiceInstance, &session: &i64) -> Error {
+    /// Watches the node of `instance` in `session` until it is lost; see [`Store::hold`].
+    async fn watch_node(&self, instance: &ServiceInstance, session: i64) -> Error {
         let path = self.path(&instance.name, &instance.id);
         loop {
             let client = match self.zk.current.borrow().clone() {
@@ -87,8 +64,42 @@ impl Store for ZkStore {
             }
         }
     }
+}
 
-    async fn remove(&self, instance: &ServiceInstance, _lease: Option<&i64>) -> Result<()> {
+fn lost(message: String) -> Error {
+    Error::Backend {
+        backend: SCHEME,
+        message,
+        temporary: true,
+        source: None,
+    }
+}
+
+#[async_trait]
+impl Store for ZkStore {
+    /// The node as written last: the session that owns it and its version.
+    type Lease = Written;
+
+    /// One round trip in the common cases: an update of the node this session wrote last
+    /// (`held`, while its hold saw no loss) sets its data; a new registration creates it,
+    /// making the service's parent only when it is missing.
+    async fn write(&self, instance: &ServiceInstance, held: Option<&Written>) -> Result<Written> {
+        let client = self.zk.client().await?;
+        let path = self.path(&instance.name, &instance.id);
+        node::write(&self.zk, &client, &path, instance, held).await
+    }
+
+    /// Watches the node; resolves when its session ended or it is gone or taken over. It is
+    /// also checked every third of the session timeout, so that a watch the client did not
+    /// set again after a reconnection cannot hide a loss.
+    async fn hold(&self, instance: &ServiceInstance, written: &Written) -> Error {
+        let error = self.watch_node(instance, written.session).await;
+        // The next write of this registration checks who holds the path first.
+        written.set_lost();
+        error
+    }
+
+    async fn remove(&self, instance: &ServiceInstance, _lease: Option<&Written>) -> Result<()> {
         let client = self.zk.client().await?;
         let path = self.path(&instance.name, &instance.id);
         node::delete_ours(&self.zk, &client, &path).await

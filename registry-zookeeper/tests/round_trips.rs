@@ -1,0 +1,210 @@
+//! What a registration costs on the wire, counted by a proxy between the registry and a
+//! ZooKeeper server of the test's own: a new registration is one `create` (its parents are
+//! made only when the create says they are missing), an update of a node the session holds
+//! is one `setData`; and the ownership rules hold on that short path too: a node another
+//! session put in place of ours is left alone.
+
+mod support;
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use registry_core::{Error, Registrar, RegistrationState, Registry, ServiceInstance};
+use registry_zookeeper::{Config, ZkRegistry};
+use support::{lists, ZkServer};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use zookeeper_client::{Acls, Client, CreateMode};
+
+const WITHIN: Duration = Duration::from_secs(20);
+
+/// ZooKeeper's op codes of the writes and reads a registration may send.
+const CREATE: i32 = 1;
+const DELETE: i32 = 2;
+const GET_DATA: i32 = 4;
+const SET_DATA: i32 = 5;
+const MULTI: i32 = 14;
+const CREATE2: i32 = 15;
+
+/// The op codes of the requests that went through the proxy, in order (pings, the
+/// connect request and watch bookkeeping included; tests pick what they count).
+type Seen = Arc<Mutex<Vec<i32>>>;
+
+/// A TCP proxy to `server` that records the op code of every request a client sends.
+async fn proxy(server: String) -> (String, Seen) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let address = listener.local_addr().expect("address").to_string();
+    let seen = Seen::default();
+    let record = seen.clone();
+    tokio::spawn(async move {
+        while let Ok((client, _)) = listener.accept().await {
+            let Ok(upstream) = TcpStream::connect(&server).await else {
+                continue;
+            };
+            let (mut client_read, mut client_write) = client.into_split();
+            let (mut server_read, mut server_write) = upstream.into_split();
+            let record = record.clone();
+            tokio::spawn(async move {
+                let _ = tokio::io::copy(&mut server_read, &mut client_write).await;
+            });
+            tokio::spawn(async move {
+                // Frames: a 4-byte length, then the request; the first is the connect request
+                // (no header), every later one starts with xid and op code.
+                let mut first = true;
+                loop {
+                    let mut length = [0u8; 4];
+                    if client_read.read_exact(&mut length).await.is_err() {
+                        return;
+                    }
+                    let mut frame = vec![0u8; u32::from_be_bytes(length) as usize];
+                    if client_read.read_exact(&mut frame).await.is_err() {
+                        return;
+                    }
+                    if !first && frame.len() >= 8 {
+                        let op = i32::from_be_bytes([frame[4], frame[5], frame[6], frame[7]]);
+                        record.lock().expect("lock").push(op);
+                    }
+                    first = false;
+                    if server_write.write_all(&length).await.is_err()
+                        || server_write.write_all(&frame).await.is_err()
+                    {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    (address, seen)
+}
+
+/// The writes and data reads among the requests recorded since `from`.
+fn writes_since(seen: &Seen, from: usize) -> Vec<&'static str> {
+    seen.lock().expect("lock")[from..]
+        .iter()
+        .filter_map(|op| match *op {
+            CREATE | CREATE2 => Some("create"),
+            DELETE => Some("delete"),
+            GET_DATA => Some("getData"),
+            SET_DATA => Some("setData"),
+            MULTI => Some("multi"),
+            _ => None,
+        })
+        .collect()
+}
+
+fn recorded(seen: &Seen) -> usize {
+    seen.lock().expect("lock").len()
+}
+
+fn instance(id: &str, version: &str) -> ServiceInstance {
+    ServiceInstance::builder(id, "svc")
+        .version(version)
+        .endpoint("http://127.0.0.1:8080")
+        .build()
+        .expect("instance")
+}
+
+async fn connect(address: &str) -> ZkRegistry {
+    let url = format!("zk://{address}/trips?session_timeout=10s&connect_timeout=2s");
+    ZkRegistry::connect(Config::from_url(&url).expect("URL"))
+        .await
+        .expect("connect")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_registration_is_one_create_and_an_update_one_set_data() {
+    support::init_logs();
+    let server = ZkServer::start().await;
+    let (address, seen) = proxy(server.address()).await;
+    let registry = connect(&address).await;
+
+    // The first instance of a service: its create finds no parent, which is made then.
+    let a = instance("a", "v1");
+    let from = recorded(&seen);
+    registry.register(&a).await.expect("register a");
+    let writes = writes_since(&seen, from);
+    assert_eq!(writes.first(), Some(&"create"), "{writes:?}");
+    assert_eq!(writes.last(), Some(&"create"), "{writes:?}");
+
+    // A new id under the existing parent: one create, nothing else written or read.
+    let b = instance("b", "v1");
+    let from = recorded(&seen);
+    registry.register(&b).await.expect("register b");
+    assert_eq!(writes_since(&seen, from), ["create"]);
+
+    // Updates of a node this session holds: one setData each.
+    for version in ["v2", "v3"] {
+        let from = recorded(&seen);
+        registry
+            .register(&instance("b", version))
+            .await
+            .expect("update b");
+        assert_eq!(
+            writes_since(&seen, from),
+            ["setData"],
+            "update to {version}"
+        );
+    }
+    lists(&registry, "svc", &[a.clone(), instance("b", "v3")], WITHIN).await;
+
+    // Deregistered, then registered again: a create again (nothing held to set).
+    registry.deregister(&a).await.expect("deregister a");
+    let from = recorded(&seen);
+    registry.register(&a).await.expect("register a again");
+    assert_eq!(writes_since(&seen, from), ["create"]);
+    registry.close().await.expect("close");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_put_in_place_of_ours_is_left_alone_by_the_next_write() {
+    support::init_logs();
+    let server = ZkServer::start().await;
+    let registry = connect(&server.address()).await;
+    let ours = instance("x", "v1");
+    registry.register(&ours).await.expect("register");
+    let mut status = registry.registration("svc", "x").expect("held");
+
+    // Another client deletes our node and creates its own in one transaction: a node at the
+    // same path and at the same version as ours.
+    let other = Client::connect(&server.address())
+        .await
+        .expect("raw client");
+    let ephemeral = CreateMode::Ephemeral.with_acls(Acls::anyone_all());
+    let mut replace = other.new_multi_writer();
+    replace.add_delete("/trips/svc/x", None).expect("delete op");
+    replace
+        .add_create("/trips/svc/x", b"theirs", &ephemeral)
+        .expect("create op");
+    replace.commit().await.expect("replace our node");
+
+    // The registration is lost, and writing it again is refused: the node is theirs.
+    let state = tokio::time::timeout(
+        WITHIN,
+        status.wait_for(|s| matches!(s, RegistrationState::Lost { attempt, .. } if *attempt >= 1)),
+    )
+    .await
+    .expect("lost, and a write refused")
+    .expect("still held");
+    assert!(
+        matches!(
+            &state,
+            RegistrationState::Lost {
+                error: Error::Conflict { .. },
+                ..
+            }
+        ),
+        "{state:?}"
+    );
+    // An update through the registry is refused too.
+    let err = registry
+        .register(&instance("x", "v2"))
+        .await
+        .expect_err("their node");
+    assert!(matches!(err, Error::Conflict { .. }), "{err:?}");
+    let (data, stat) = other.get_data("/trips/svc/x").await.expect("theirs");
+    assert_eq!(
+        (data.as_slice(), stat.ephemeral_owner, stat.version),
+        (&b"theirs"[..], other.session_id().0, 0)
+    );
+    drop(registry);
+}
