@@ -18,6 +18,7 @@ use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
 use tonic::{Code, Request, Status, Streaming};
 
+use crate::error::{is_compacted, is_too_large};
 use crate::rpc::etcdserverpb::auth_client::AuthClient;
 use crate::rpc::etcdserverpb::kv_client::KvClient;
 use crate::rpc::etcdserverpb::lease_client::LeaseClient;
@@ -26,8 +27,9 @@ use crate::rpc::etcdserverpb::watch_client::WatchClient;
 use crate::rpc::etcdserverpb::{
     watch_request, AuthenticateRequest, DeleteRangeRequest, LeaseGrantRequest,
     LeaseKeepAliveRequest, LeaseKeepAliveResponse, LeaseRevokeRequest, PutRequest, RangeRequest,
-    RangeResponse, StatusRequest, StatusResponse, WatchCreateRequest, WatchRequest, WatchResponse,
+    StatusRequest, StatusResponse, WatchCreateRequest, WatchRequest, WatchResponse,
 };
+use crate::rpc::mvccpb::KeyValue;
 
 /// How to reach an endpoint.
 #[derive(Clone)]
@@ -178,6 +180,28 @@ impl WatchStream {
     }
 }
 
+/// Every key-value under a prefix, read at one revision.
+#[derive(Debug)]
+pub(crate) struct Listing {
+    /// The store revision read at.
+    pub(crate) revision: i64,
+    /// The keys and values, in key order.
+    pub(crate) kvs: Vec<KeyValue>,
+}
+
+/// How many bytes of keys and values one page of a listing aims at.
+pub(crate) const PAGE_BYTES: usize = 1 << 20;
+
+/// The keys asked for in the first page of a listing (about 200 KB of ordinary instances).
+const FIRST_PAGE: i64 = 1000;
+
+/// The most keys one page of a listing asks for.
+pub(crate) const MAX_PAGE: i64 = 10_000;
+
+/// How many times a listing of the newest revision starts over when etcd compacts it away
+/// between two pages.
+const RESTARTS: u32 = 3;
+
 /// The end of the range of keys starting with `prefix`, as etcd expects it.
 pub(crate) fn prefix_end(prefix: &[u8]) -> Vec<u8> {
     for (i, byte) in prefix.iter().enumerate().rev() {
@@ -261,23 +285,88 @@ impl Client {
         }
     }
 
-    /// Reads the keys starting with `prefix`, at `revision` (0: the newest).
-    pub(crate) async fn get_prefix(
-        &self,
-        prefix: &[u8],
-        revision: i64,
-    ) -> Result<RangeResponse, Status> {
-        let request = RangeRequest {
-            key: prefix.to_vec(),
-            range_end: prefix_end(prefix),
+    /// Reads every key starting with `prefix` at one revision — `revision`, or the newest
+    /// when it is 0 — in pages: ranges of at most [`MAX_PAGE`] keys, each from the key after
+    /// the last one read, all at the revision of the first page, sized to about
+    /// [`PAGE_BYTES`] from what the pages before held, so that no answer comes near the 4 MiB
+    /// a gRPC message may have (a page that still does is asked again, smaller). When etcd
+    /// compacts the newest revision away between two pages, the read starts over.
+    pub(crate) async fn get_prefix(&self, prefix: &[u8], revision: i64) -> Result<Listing, Status> {
+        let mut attempts = 0;
+        loop {
+            match self.get_prefix_at(prefix, revision).await {
+                // Compacted between two pages: read the newest revision again.
+                Err(status) if revision == 0 && is_compacted(&status) && attempts < RESTARTS => {
+                    attempts += 1;
+                    tracing::debug!(reason = %status.message(), "etcd compacted a listing's revision; reading it again");
+                }
+                other => return other,
+            }
+        }
+    }
+
+    async fn get_prefix_at(&self, prefix: &[u8], revision: i64) -> Result<Listing, Status> {
+        let range_end = prefix_end(prefix);
+        let mut listing = Listing {
             revision,
-            ..RangeRequest::default()
+            kvs: Vec::new(),
         };
-        self.call(|mut c| {
-            let request = request.clone();
-            async move { Ok(c.kv.range(request).await?.into_inner()) }
-        })
-        .await
+        let mut key = prefix.to_vec();
+        let mut limit = FIRST_PAGE;
+        loop {
+            let request = RangeRequest {
+                key,
+                range_end: range_end.clone(),
+                revision: listing.revision,
+                limit,
+                ..RangeRequest::default()
+            };
+            let answer = self
+                .call(|mut c| {
+                    let request = request.clone();
+                    async move { Ok(c.kv.range(request).await?.into_inner()) }
+                })
+                .await;
+            let page = match answer {
+                Ok(page) => page,
+                Err(status) if is_too_large(&status) && limit > 1 => {
+                    limit = (limit / 4).max(1);
+                    tracing::debug!(limit, reason = %status.message(), "etcd page too large; asking for fewer keys");
+                    key = request.key;
+                    continue;
+                }
+                Err(status) => return Err(status),
+            };
+            if listing.revision == 0 {
+                listing.revision = page.header.as_ref().map_or(0, |h| h.revision);
+                if listing.revision <= 0 {
+                    return Err(Status::unknown(
+                        "etcd answered a range without its revision",
+                    ));
+                }
+                listing
+                    .kvs
+                    .reserve(usize::try_from(page.count).unwrap_or(0).min(1 << 20));
+            }
+            let Some(last) = page.kvs.last() else { break };
+            // The next page starts right after the last key of this one.
+            key = last.key.clone();
+            key.push(0);
+            let bytes: usize = page
+                .kvs
+                .iter()
+                .map(|kv| kv.key.len() + kv.value.len())
+                .sum();
+            let per_key = bytes / page.kvs.len() + 1;
+            listing.kvs.extend(page.kvs);
+            if !page.more {
+                break;
+            }
+            limit = i64::try_from(PAGE_BYTES / per_key)
+                .unwrap_or(MAX_PAGE)
+                .clamp(1, MAX_PAGE);
+        }
+        Ok(listing)
     }
 
     /// How many keys `key` names: 1 when it exists, else 0.
@@ -373,7 +462,10 @@ impl Client {
         .await
     }
 
-    /// Watches the keys starting with `prefix`, from `start_revision` on.
+    /// Watches the keys starting with `prefix`, from `start_revision` on. etcd splits an
+    /// answer larger than its request limit into fragments (`fragment`), so that no message
+    /// of a watch of a big service comes near gRPC's 4 MiB: the last fragment of a batch has
+    /// `fragment` false.
     pub(crate) async fn watch_prefix(
         &self,
         prefix: &[u8],
@@ -383,6 +475,7 @@ impl Client {
             key: prefix.to_vec(),
             range_end: prefix_end(prefix),
             start_revision,
+            fragment: true,
             ..WatchCreateRequest::default()
         };
         self.call(|mut c| {
@@ -436,12 +529,88 @@ pub(crate) fn tls_config(loaded: LoadedTls) -> ClientTlsConfig {
 
 #[cfg(test)]
 mod tests {
-    use super::prefix_end;
+    use super::*;
 
     #[test]
     fn prefix_ends() {
         assert_eq!(prefix_end(b"/a/"), b"/a0");
         assert_eq!(prefix_end(b"a\xff"), b"b");
         assert_eq!(prefix_end(b"\xff\xff"), b"\0");
+    }
+
+    /// Values of about 1 MB each, 5 per transaction: more than 4 MiB in all.
+    async fn write_big_batch(server: &test_support::EtcdServer, prefix: &str) -> i64 {
+        let mut raw = etcd_client::Client::connect([server.endpoint()], None)
+            .await
+            .expect("raw etcd client");
+        let mut first = 0;
+        for txn in 0..5 {
+            let puts: Vec<etcd_client::TxnOp> = (0..5)
+                .map(|i| {
+                    let value = vec![b'a' + i as u8; 250_000];
+                    etcd_client::TxnOp::put(format!("{prefix}{txn}-{i}"), value, None)
+                })
+                .collect();
+            let resp = raw
+                .txn(etcd_client::Txn::new().and_then(puts))
+                .await
+                .expect("txn");
+            if first == 0 {
+                first = resp.header().expect("header").revision();
+            }
+        }
+        first
+    }
+
+    async fn client(server: &test_support::EtcdServer) -> Client {
+        let options = ConnectOptions {
+            connect_timeout: Duration::from_secs(5),
+            request_timeout: Duration::from_secs(10),
+            credentials: None,
+            tls: None,
+        };
+        Client::connect(&server.endpoint(), &options)
+            .await
+            .map_err(|e| format!("{e:?}"))
+            .expect("connect")
+    }
+
+    /// A watch from an old revision gets the revisions since in one batch, here about
+    /// 6 MB: etcd sends it in fragments, each one a message the client can take.
+    #[tokio::test]
+    async fn a_watch_reads_a_batch_larger_than_a_grpc_message_in_fragments() {
+        let server = test_support::EtcdServer::start().await;
+        let first = write_big_batch(&server, "/frag/").await;
+        let client = client(&server).await;
+        let mut stream = client.watch_prefix(b"/frag/", first).await.expect("watch");
+        let (mut events, mut fragments) = (0, 0);
+        while events < 25 {
+            let resp = stream
+                .message()
+                .await
+                .expect("every message of the watch fits")
+                .expect("the watch goes on");
+            events += resp.events.len();
+            fragments += usize::from(resp.fragment);
+        }
+        assert_eq!(events, 25);
+        assert!(fragments > 0, "the batch came in fragments");
+    }
+
+    /// A listing of more than one gRPC message's worth is read in pages at one revision.
+    #[tokio::test]
+    async fn a_listing_larger_than_a_grpc_message_is_read_in_pages() {
+        let server = test_support::EtcdServer::start().await;
+        write_big_batch(&server, "/pages/").await;
+        let client = client(&server).await;
+        let listing = client.get_prefix(b"/pages/", 0).await.expect("listing");
+        assert_eq!(listing.kvs.len(), 25);
+        assert!(listing.kvs.windows(2).all(|w| w[0].key < w[1].key));
+        // Everything under the prefix was there at the revision read.
+        let again = client
+            .get_prefix(b"/pages/", listing.revision)
+            .await
+            .expect("at the revision");
+        assert_eq!(again.kvs, listing.kvs);
     }
 }

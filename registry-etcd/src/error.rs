@@ -9,7 +9,18 @@ use crate::SCHEME;
 /// Whether etcd answered that a revision is no longer (compacted) or not yet (its data was
 /// reset) in its history.
 pub(crate) fn is_out_of_range(status: &Status) -> bool {
-    status.code() == Code::OutOfRange
+    status.code() == Code::OutOfRange && !is_too_large(status)
+}
+
+/// Whether etcd answered that a revision was compacted away.
+pub(crate) fn is_compacted(status: &Status) -> bool {
+    is_out_of_range(status) && status.message().contains("compacted")
+}
+
+/// Whether an answer was refused by the client for being larger than a gRPC message may be
+/// (tonic says so with `OutOfRange` too, and only in this text).
+pub(crate) fn is_too_large(status: &Status) -> bool {
+    status.code() == Code::OutOfRange && status.message().contains("message length too large")
 }
 
 /// Whether etcd answered a request that names a lease (a put under it, a revoke) with

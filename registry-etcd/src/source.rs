@@ -60,18 +60,19 @@ fn value_hash(value: &[u8]) -> u64 {
     hasher.finish()
 }
 
-/// Lists the prefix: the instances by key, and the revision of the read.
+/// Lists the prefix, in pages at one revision: the instances by key, and the revision of
+/// the read.
 pub(crate) async fn list(conn: &Connection, prefix: &str, name: &str) -> Result<View> {
-    let resp = conn
+    let listing = conn
         .run("get", |c| async move {
             c.get_prefix(prefix.as_bytes(), 0).await
         })
         .await?;
     let mut view = View {
-        revision: resp.header.as_ref().map_or(0, |h| h.revision),
+        revision: listing.revision,
         ..View::default()
     };
-    for kv in &resp.kvs {
+    for kv in &listing.kvs {
         view.put(&kv.key, &kv.value, kv.mod_revision, name);
     }
     Ok(view)
@@ -89,8 +90,8 @@ async fn still_holds(
 ) -> Result<bool> {
     let (generation, client) = conn.client();
     match client.get_prefix(prefix.as_bytes(), revision).await {
-        Ok(resp) => {
-            let then: BTreeMap<Vec<u8>, (i64, u64)> = resp
+        Ok(listing) => {
+            let then: BTreeMap<Vec<u8>, (i64, u64)> = listing
                 .kvs
                 .iter()
                 .map(|kv| (kv.key.clone(), (kv.mod_revision, value_hash(&kv.value))))
@@ -184,6 +185,8 @@ async fn apply_events(
     name: &str,
     updates: &Updates<Position>,
 ) -> Stop {
+    // The newest revision of the events of the batch being read.
+    let mut fragments_revision = 0;
     loop {
         let resp = match stream.message().await {
             Ok(Some(resp)) => resp,
@@ -231,10 +234,16 @@ async fn apply_events(
                         continue;
                     }
                 }
-                // A revision's events all come in one response: after it, the view is the
-                // state at the newest event's revision.
-                view.revision = view.revision.max(kv.mod_revision);
+                fragments_revision = fragments_revision.max(kv.mod_revision);
             }
+            // A revision's events all come in one response, or in fragments of one batch
+            // (the last with `fragment` false): only after the whole batch is the view the
+            // state at its newest revision, and handed over. (A watch that fails between
+            // fragments leaves a view that no revision matches: the engine lists again.)
+            if resp.fragment {
+                continue;
+            }
+            view.revision = view.revision.max(fragments_revision);
             view.list()
         };
         updates.list(list, position.clone());

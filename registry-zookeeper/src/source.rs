@@ -2,13 +2,15 @@
 //! on `{root}/{name}`, a full list after it is set, and each node's data read again when it
 //! is created or changed.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 use std::sync::Arc;
 
 use async_trait::async_trait;
 use registry_core::watch::{Source, Stop, Updates};
 use registry_core::{Error, Result, ServiceInstance};
-use zookeeper_client::{AddWatchMode, Client, Error as Z, EventType, SessionState};
+use zookeeper_client::{
+    AddWatchMode, Client, Error as Z, EventType, MultiReadResult, SessionState,
+};
 
 use crate::error::map_err;
 use crate::node::{timed, timed_raw};
@@ -29,7 +31,22 @@ async fn read(zk: &Zk, client: &Client, path: &str, name: &str) -> Result<Option
     }
 }
 
-/// Lists the instances under `service_path`, by child name.
+/// The nodes asked for in the first multi-read of a list (about 20 KB of ordinary instances).
+const FIRST_BATCH: usize = 100;
+/// The most nodes one multi-read asks for.
+const MAX_BATCH: usize = 1000;
+/// How many bytes of data one multi-read aims at, from the sizes read before.
+const BATCH_BYTES: usize = 1 << 20;
+/// How many multi-reads a list keeps in flight on the session's connection (the client sends
+/// each request as it is made).
+const BATCHES_IN_FLIGHT: usize = 4;
+/// How many single reads a list keeps in flight where the server has no multi-read.
+const READS_IN_FLIGHT: usize = 256;
+
+/// Lists the instances under `service_path`, by child name: the children, then their data
+/// in multi-reads (ZooKeeper 3.6+) of up to [`MAX_BATCH`] nodes, a few in flight at once, or
+/// in pipelined single reads where the server has no multi-read. (A read per child, one at a
+/// time, took 40 s for 100,000 children; multi-reads take a fraction of a second.)
 pub(crate) async fn list(
     zk: &Zk,
     client: &Client,
@@ -42,13 +59,118 @@ pub(crate) async fn list(
         Err(e) => return Err(map_err("list", e)),
     };
     let mut instances = BTreeMap::new();
-    for child in children {
-        let path = format!("{service_path}/{child}");
-        if let Some(instance) = read(zk, client, &path, name).await? {
-            instances.insert(child, instance);
+    match read_in_batches(zk, client, service_path, name, &children, &mut instances).await {
+        Err(Z::Unimplemented) => {
+            tracing::debug!(%service_path, "ZooKeeper has no multi-read; reading children one by one");
+            instances.clear();
+            read_pipelined(zk, client, service_path, name, children, &mut instances).await?;
         }
+        result => result.map_err(|e| map_err("get", e))?,
     }
     Ok(instances)
+}
+
+/// Reads `children` of `service_path` into `instances` in multi-reads; the first error of
+/// a request (or of one of its reads, other than a child gone meanwhile) ends it.
+async fn read_in_batches(
+    zk: &Zk,
+    client: &Client,
+    service_path: &str,
+    name: &str,
+    children: &[String],
+    instances: &mut BTreeMap<String, ServiceInstance>,
+) -> std::result::Result<(), Z> {
+    let mut rest = children;
+    let mut in_flight = VecDeque::with_capacity(BATCHES_IN_FLIGHT);
+    let (mut bytes, mut nodes) = (0usize, 0usize);
+    loop {
+        while in_flight.len() < BATCHES_IN_FLIGHT && !rest.is_empty() {
+            let size = if nodes == 0 {
+                FIRST_BATCH
+            } else {
+                (BATCH_BYTES * nodes / bytes.max(1)).clamp(1, MAX_BATCH)
+            };
+            let (batch, after) = rest.split_at(size.min(rest.len()));
+            rest = after;
+            let paths: Vec<String> = batch
+                .iter()
+                .map(|child| format!("{service_path}/{child}"))
+                .collect();
+            let mut reader = client.new_multi_reader();
+            for path in &paths {
+                reader.add_get_data(path)?;
+            }
+            // Sent now; answered in order.
+            in_flight.push_back((batch, paths, reader.commit()));
+        }
+        let Some((batch, paths, reading)) = in_flight.pop_front() else {
+            return Ok(());
+        };
+        let results = match timed_raw(zk, reading).await {
+            Ok(results) => results?,
+            Err(_) => return Err(Z::Timeout),
+        };
+        if results.len() != batch.len() {
+            return Err(Z::UnexpectedError(format!(
+                "a multi-read of {} nodes answered {} results",
+                batch.len(),
+                results.len()
+            )));
+        }
+        for ((child, path), result) in batch.iter().zip(&paths).zip(results) {
+            match result {
+                MultiReadResult::Data { data, .. } => {
+                    bytes += data.len();
+                    nodes += 1;
+                    if let Some(instance) = decode(path, &data, name) {
+                        instances.insert(child.clone(), instance);
+                    }
+                }
+                MultiReadResult::Error { err: Z::NoNode } => {}
+                MultiReadResult::Error { err } => return Err(err),
+                _ => {
+                    return Err(Z::UnexpectedError(
+                        "a multi-read of data answered children".into(),
+                    ))
+                }
+            }
+        }
+    }
+}
+
+/// Reads `children` of `service_path` into `instances` with single reads, a few hundred in
+/// flight at once.
+async fn read_pipelined(
+    zk: &Zk,
+    client: &Client,
+    service_path: &str,
+    name: &str,
+    children: Vec<String>,
+    instances: &mut BTreeMap<String, ServiceInstance>,
+) -> Result<()> {
+    let mut children = children.into_iter();
+    let mut in_flight = VecDeque::with_capacity(READS_IN_FLIGHT);
+    loop {
+        while in_flight.len() < READS_IN_FLIGHT {
+            let Some(child) = children.next() else { break };
+            let path = format!("{service_path}/{child}");
+            // Sent now; answered in order.
+            let reading = client.get_data(&path);
+            in_flight.push_back((child, path, reading));
+        }
+        let Some((child, path, reading)) = in_flight.pop_front() else {
+            return Ok(());
+        };
+        match timed_raw(zk, reading).await? {
+            Ok((data, _)) => {
+                if let Some(instance) = decode(&path, &data, name) {
+                    instances.insert(child, instance);
+                }
+            }
+            Err(Z::NoNode) => {}
+            Err(e) => return Err(map_err("get", e)),
+        }
+    }
 }
 
 /// ZooKeeper's reading primitives for the core's watch engine.

@@ -1,15 +1,16 @@
-//! What a registration costs on the wire, counted by a proxy between the registry and a
-//! ZooKeeper server of the test's own: a new registration is one `create` (its parents are
-//! made only when the create says they are missing), an update of a node the session holds
-//! is one `setData`; and the ownership rules hold on that short path too: a node another
-//! session put in place of ours is left alone.
+//! What a registration and a list cost on the wire, counted by a proxy between the registry
+//! and a ZooKeeper server of the test's own: a new registration is one `create` (its parents
+//! are made only when the create says they are missing), an update of a node the session
+//! holds is one `setData`, and a list reads its children's data in a few multi-reads, not one
+//! read per child; and the ownership rules hold on the short path too: a node another session
+//! put in place of ours is left alone.
 
 mod support;
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use registry_core::{Error, Registrar, RegistrationState, Registry, ServiceInstance};
+use registry_core::{Discovery, Error, Registrar, RegistrationState, Registry, ServiceInstance};
 use registry_zookeeper::{Config, ZkRegistry};
 use support::{lists, ZkServer};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -25,6 +26,7 @@ const GET_DATA: i32 = 4;
 const SET_DATA: i32 = 5;
 const MULTI: i32 = 14;
 const CREATE2: i32 = 15;
+const MULTI_READ: i32 = 22;
 
 /// The op codes of the requests that went through the proxy, in order (pings, the
 /// connect request and watch bookkeeping included; tests pick what they count).
@@ -87,6 +89,7 @@ fn writes_since(seen: &Seen, from: usize) -> Vec<&'static str> {
             GET_DATA => Some("getData"),
             SET_DATA => Some("setData"),
             MULTI => Some("multi"),
+            MULTI_READ => Some("multiRead"),
             _ => None,
         })
         .collect()
@@ -207,4 +210,46 @@ async fn a_node_put_in_place_of_ours_is_left_alone_by_the_next_write() {
         (&b"theirs"[..], other.session_id().0, 0)
     );
     drop(registry);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_list_reads_its_children_in_a_few_multi_reads() {
+    support::init_logs();
+    let server = ZkServer::start().await;
+    let (address, seen) = proxy(server.address()).await;
+    let registry = connect(&address).await;
+
+    // 250 instances written straight to the server (pipelined creates).
+    let raw = Client::connect(&server.address())
+        .await
+        .expect("raw client");
+    let persistent = CreateMode::Persistent.with_acls(Acls::anyone_all());
+    raw.mkdir("/trips/many", &persistent).await.expect("parent");
+    let expected: Vec<ServiceInstance> = (0..250)
+        .map(|i| {
+            ServiceInstance::builder(format!("i{i:03}"), "many")
+                .endpoint(format!("http://10.0.0.{}:8080", i % 250 + 1))
+                .build()
+                .expect("instance")
+        })
+        .collect();
+    let nodes: Vec<(String, Vec<u8>)> = expected
+        .iter()
+        .map(|i| (format!("/trips/many/{}", i.id), i.to_json().into_bytes()))
+        .collect();
+    let creating: Vec<_> = nodes
+        .iter()
+        .map(|(path, data)| raw.create(path, data, &persistent))
+        .collect();
+    for create in creating {
+        create.await.expect("create");
+    }
+
+    let from = recorded(&seen);
+    let listed = registry.get_service("many").await.expect("get_service");
+    assert!(listed == expected, "every instance listed");
+    let reads = writes_since(&seen, from);
+    assert!(!reads.contains(&"getData"), "no read per child: {reads:?}");
+    let multi_reads = reads.iter().filter(|r| **r == "multiRead").count();
+    assert!((1..=3).contains(&multi_reads), "{reads:?}");
 }
