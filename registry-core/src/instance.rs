@@ -4,7 +4,9 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Deserializer, Serialize};
 
-use crate::validate::{check_bounds, validate_id, validate_name, MAX_ENCODED_LEN, MAX_JSON_LEN};
+use crate::validate::{
+    check_bounds, is_plain_endpoint, validate_id, validate_name, MAX_ENCODED_LEN, MAX_JSON_LEN,
+};
 use crate::{Endpoint, Error, Result};
 
 /// One running instance of a service.
@@ -74,7 +76,10 @@ impl ServiceInstance {
         validate_name(&self.name)?;
         check_bounds(&self.version, &self.endpoints, &self.metadata)?;
         for ep in &self.endpoints {
-            Endpoint::parse(ep)?;
+            // The plainest endpoints (`scheme://a.b.c.d:port`) need no URL parser.
+            if !is_plain_endpoint(ep) {
+                Endpoint::parse(ep)?;
+            }
         }
         let json_len = self.json_len();
         if json_len > MAX_JSON_LEN {

@@ -127,6 +127,56 @@ pub(crate) fn check_bounds(
     Ok(())
 }
 
+/// Whether `raw` is an endpoint of the plainest form, `scheme://a.b.c.d:port` with an
+/// optional path and query of plain characters (`http://10.0.0.1:8000`,
+/// `grpc://10.0.0.1:9000?isSecure=false`), which [`Endpoint::parse`](crate::Endpoint::parse)
+/// accepts without a doubt: a lowercase scheme other than `file`, an IPv4 address in dotted decimal (no
+/// leading zeros), a port from 1 to 65535 (no leading zeros), then nothing, or `/` or `?`
+/// followed only by `A-Z a-z 0-9 - . _ ~ / = & ?`. Checking an instance's endpoints (on every
+/// value read from a registry) skips parsing such an endpoint as a URL; any other goes
+/// through the parser. A `false` means "parse it", not "invalid".
+pub(crate) fn is_plain_endpoint(raw: &str) -> bool {
+    let Some((scheme, rest)) = raw.split_once("://") else {
+        return false;
+    };
+    // `file:` URLs have no port: the parser refuses them.
+    let scheme_ok = scheme != "file"
+        && scheme.starts_with(|c: char| c.is_ascii_lowercase())
+        && scheme
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"+-.".contains(&b));
+    if !scheme_ok {
+        return false;
+    }
+    let end = rest.find(['/', '?']).unwrap_or(rest.len());
+    let (authority, tail) = rest.split_at(end);
+    let Some((host, port)) = authority.split_once(':') else {
+        return false;
+    };
+    let mut octets = 0;
+    for octet in host.split('.') {
+        octets += 1;
+        if !is_decimal(octet, 255) {
+            return false;
+        }
+    }
+    octets == 4
+        && is_decimal(port, 65535)
+        && port != "0"
+        && tail
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-._~/=&?".contains(&b))
+}
+
+/// Whether `text` is a decimal number from 0 to `max` without leading zeros.
+fn is_decimal(text: &str, max: u32) -> bool {
+    !text.is_empty()
+        && text.len() <= 5
+        && text.bytes().all(|b| b.is_ascii_digit())
+        && (text == "0" || !text.starts_with('0'))
+        && text.parse::<u32>().is_ok_and(|n| n <= max)
+}
+
 fn check_token(field: &'static str, value: &str) -> Result<()> {
     if value.is_empty() {
         return Err(Error::invalid(field, value, "must not be empty"));
@@ -161,6 +211,98 @@ fn check_token(field: &'static str, value: &str) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::Endpoint;
+
+    /// Every endpoint the plain check passes, the parser accepts, with the same port and
+    /// host: the check only ever saves the parse.
+    #[test]
+    fn a_plain_endpoint_is_one_the_parser_accepts() {
+        let schemes = ["http", "https", "grpc", "grpcs", "tcp", "a+b.c-d", "ws"];
+        let tails = [
+            "",
+            "/",
+            "?isSecure=false",
+            "/a/b?x=1&y=2",
+            "/./..?=",
+            "?a?b=~_-",
+        ];
+        let mut seed: u64 = 0x9e37_79b9_7f4a_7c15;
+        let mut next = move || {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed
+        };
+        let mut plain = 0;
+        for _ in 0..20_000 {
+            let n = next();
+            let octet = |shift: u32| match (n >> shift) % 4 {
+                0 => "0".to_owned(),
+                1 => "255".to_owned(),
+                _ => ((n >> (shift + 2)) % 256).to_string(),
+            };
+            let port = match (n >> 40) % 5 {
+                0 => 1,
+                1 => 65535,
+                2 => 80,
+                3 => 443,
+                _ => (n >> 44) % 65535 + 1,
+            };
+            let raw = format!(
+                "{}://{}.{}.{}.{}:{port}{}",
+                schemes[(n % schemes.len() as u64) as usize],
+                octet(4),
+                octet(12),
+                octet(20),
+                octet(28),
+                tails[((n >> 60) % tails.len() as u64) as usize],
+            );
+            assert!(is_plain_endpoint(&raw), "{raw}");
+            let parsed = Endpoint::parse(&raw).unwrap_or_else(|e| panic!("{raw}: {e}"));
+            assert_eq!(u64::from(parsed.port()), port, "{raw}");
+            assert_eq!(
+                parsed.host(),
+                raw.split("://")
+                    .nth(1)
+                    .and_then(|r| r.split(':').next())
+                    .unwrap_or_default(),
+                "{raw}"
+            );
+            plain += 1;
+        }
+        assert_eq!(plain, 20_000);
+    }
+
+    /// What is not of the plainest form goes through the parser (valid or not).
+    #[test]
+    fn anything_else_is_parsed() {
+        for other in [
+            "http://example.com:80",
+            "http://[::1]:80",
+            "HTTP://10.0.0.1:80",
+            "http://10.0.0.1",
+            "http://10.0.0.1:0",
+            "http://10.0.0.1:65536",
+            "http://10.0.0.1:080",
+            "http://010.0.0.1:80",
+            "http://10.0.0.256:80",
+            "http://10.0.0:80",
+            "http://10.0.0.1.2:80",
+            "http://user@10.0.0.1:80",
+            "http://10.0.0.1:80#x",
+            "http://10.0.0.1:80/a%20b",
+            "http://10.0.0.1:80\\x:90",
+            "http://10.0.0.1:80 ",
+            "http:/http://10.0.0.1:80",
+            "1http://10.0.0.1:80",
+            "://10.0.0.1:80",
+            "http://:80",
+            "file://10.0.0.1:80",
+            "",
+        ] {
+            assert!(!is_plain_endpoint(other), "{other}");
+        }
+    }
 
     #[test]
     fn accepts_usual_names() {

@@ -190,10 +190,10 @@ pub(crate) struct Listing {
 }
 
 /// How many bytes of keys and values one page of a listing aims at.
-pub(crate) const PAGE_BYTES: usize = 1 << 20;
+pub(crate) const PAGE_BYTES: usize = 2 << 20;
 
-/// The keys asked for in the first page of a listing (about 200 KB of ordinary instances).
-const FIRST_PAGE: i64 = 1000;
+/// The keys asked for in the first page of a listing (about 400 KB of ordinary instances).
+const FIRST_PAGE: i64 = 2000;
 
 /// The most keys one page of a listing asks for.
 pub(crate) const MAX_PAGE: i64 = 10_000;
@@ -538,7 +538,7 @@ mod tests {
         assert_eq!(prefix_end(b"\xff\xff"), b"\0");
     }
 
-    /// Values of about 1 MB each, 5 per transaction: more than 4 MiB in all.
+    /// Values of 250 KB each, 5 per transaction, 5 transactions: more than 4 MiB in all.
     async fn write_big_batch(server: &test_support::EtcdServer, prefix: &str) -> i64 {
         let mut raw = etcd_client::Client::connect([server.endpoint()], None)
             .await

@@ -10,7 +10,7 @@ use async_trait::async_trait;
 use registry_core::watch::{Source, Stop, Updates};
 use registry_core::{Error, Result, ServiceInstance};
 
-use crate::client::WatchStream;
+use crate::client::{Listing, WatchStream};
 use crate::core::Connection;
 use crate::error::{is_out_of_range, map_err};
 use crate::rpc::mvccpb::event::EventType;
@@ -21,35 +21,87 @@ pub(crate) fn decode(key: &[u8], value: &[u8], name: &str) -> Option<ServiceInst
     registry_core::untrusted::decode("etcd", name, &String::from_utf8_lossy(key), value)
 }
 
+/// One key under a service's prefix, as a [`View`] knows it.
+#[derive(Debug)]
+struct Entry {
+    /// Its `mod_revision`.
+    mod_revision: i64,
+    /// A hash of its value.
+    hash: u64,
+    /// The instance its value holds; `None` when the value is not a valid instance (skipped).
+    instance: Option<ServiceInstance>,
+}
+
 /// What a watch knows of one service's prefix, exactly as it was at `revision`.
+///
+/// A list's keys and values are kept as read (`listed`) until following needs them: the
+/// list itself hands its instances over without copying them, `get_service` never builds
+/// the entries, and a watch builds them once, after its first list was handed over.
 #[derive(Debug, Default)]
 pub(crate) struct View {
-    /// The valid instances, by key.
-    instances: BTreeMap<Vec<u8>, ServiceInstance>,
-    /// The `mod_revision` and a hash of the value of every key under the prefix, the
-    /// skipped ones included.
-    revisions: BTreeMap<Vec<u8>, (i64, u64)>,
+    /// Every key under the prefix, the skipped ones included, with what its value holds.
+    entries: BTreeMap<Vec<u8>, Entry>,
+    /// A list not yet read into `entries`.
+    listed: Option<Listing>,
     /// The store revision this view is the state of.
     revision: i64,
 }
 
 impl View {
-    pub(crate) fn list(&self) -> Vec<ServiceInstance> {
-        self.instances.values().cloned().collect()
+    /// The valid instances, in key order.
+    fn list(&self) -> Vec<ServiceInstance> {
+        self.entries
+            .values()
+            .filter_map(|entry| entry.instance.clone())
+            .collect()
     }
 
-    fn put(&mut self, key: &[u8], value: &[u8], mod_revision: i64, name: &str) {
-        self.revisions
-            .insert(key.to_vec(), (mod_revision, value_hash(value)));
-        match decode(key, value, name) {
-            Some(instance) => self.instances.insert(key.to_vec(), instance),
-            None => self.instances.remove(key),
+    /// Reads a list kept as read into the entries (once).
+    fn ready(&mut self, name: &str) {
+        let Some(listing) = self.listed.take() else {
+            return;
         };
+        // In key order already: the map is built in one pass.
+        self.entries = listing
+            .kvs
+            .into_iter()
+            .map(|kv| {
+                let entry = Entry {
+                    mod_revision: kv.mod_revision,
+                    hash: value_hash(&kv.value),
+                    instance: decode(&kv.key, &kv.value, name),
+                };
+                (kv.key, entry)
+            })
+            .collect();
+    }
+
+    fn put(&mut self, key: Vec<u8>, value: &[u8], mod_revision: i64, name: &str) {
+        let entry = Entry {
+            mod_revision,
+            hash: value_hash(value),
+            instance: decode(&key, value, name),
+        };
+        self.entries.insert(key, entry);
     }
 
     fn delete(&mut self, key: &[u8]) {
-        self.revisions.remove(key);
-        self.instances.remove(key);
+        self.entries.remove(key);
+    }
+
+    /// Whether `listing` holds exactly the keys of this (ready) view, at the same
+    /// `mod_revision`s and with the same values.
+    fn same_keys(&self, listing: &Listing) -> bool {
+        self.entries.len() == listing.kvs.len()
+            && self
+                .entries
+                .iter()
+                .zip(&listing.kvs)
+                .all(|((key, entry), kv)| {
+                    *key == kv.key
+                        && entry.mod_revision == kv.mod_revision
+                        && entry.hash == value_hash(&kv.value)
+                })
     }
 }
 
@@ -60,44 +112,28 @@ fn value_hash(value: &[u8]) -> u64 {
     hasher.finish()
 }
 
-/// Lists the prefix, in pages at one revision: the instances by key, and the revision of
-/// the read.
-pub(crate) async fn list(conn: &Connection, prefix: &str, name: &str) -> Result<View> {
-    let listing = conn
-        .run("get", |c| async move {
-            c.get_prefix(prefix.as_bytes(), 0).await
-        })
-        .await?;
-    let mut view = View {
-        revision: listing.revision,
-        ..View::default()
-    };
-    for kv in &listing.kvs {
-        view.put(&kv.key, &kv.value, kv.mod_revision, name);
-    }
-    Ok(view)
+/// Reads the prefix, in pages at one revision.
+async fn read(conn: &Connection, prefix: &str) -> Result<Listing> {
+    conn.run("get", |c| async move {
+        c.get_prefix(prefix.as_bytes(), 0).await
+    })
+    .await
 }
 
-/// Whether etcd's history still holds the view at `revision` (its keys' `revisions`), so that a
+/// Whether etcd's history still holds the view of `position` at its revision, so that a
 /// watch from the next revision continues it without a gap: false when that revision was
-/// compacted away, or when etcd lost its data (the revision is in the future, or its keys or
-/// values differ).
+/// compacted away, or when etcd lost its data (the revision is in the future, or its keys
+/// or values differ).
 async fn still_holds(
     conn: &Connection,
     prefix: &str,
-    revision: i64,
-    revisions: &BTreeMap<Vec<u8>, (i64, u64)>,
+    name: &str,
+    position: &Position,
 ) -> Result<bool> {
+    let revision = position.ready(name).revision;
     let (generation, client) = conn.client();
     match client.get_prefix(prefix.as_bytes(), revision).await {
-        Ok(listing) => {
-            let then: BTreeMap<Vec<u8>, (i64, u64)> = listing
-                .kvs
-                .iter()
-                .map(|kv| (kv.key.clone(), (kv.mod_revision, value_hash(&kv.value))))
-                .collect();
-            Ok(then == *revisions)
-        }
+        Ok(listing) => Ok(position.view().same_keys(&listing)),
         // "required revision has been compacted" / "required revision is a future revision".
         Err(e) if is_out_of_range(&e) => {
             tracing::info!(%prefix, revision, reason = %e, "etcd watch cannot resume; listing again");
@@ -118,6 +154,13 @@ pub(crate) struct Position(Arc<Mutex<View>>);
 impl Position {
     fn view(&self) -> MutexGuard<'_, View> {
         self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The view, its list read into its entries.
+    fn ready(&self, name: &str) -> MutexGuard<'_, View> {
+        let mut view = self.view();
+        view.ready(name);
+        view
     }
 }
 
@@ -146,23 +189,31 @@ impl EtcdSource {
 impl Source for EtcdSource {
     type Position = Position;
 
+    /// The instances decoded straight from the answer's values; the keys and values stay
+    /// in the position as read, for a watch to build its view from.
     async fn list(&self, name: &str) -> Result<(Vec<ServiceInstance>, Position)> {
-        let view = list(&self.conn, &self.prefix(name), name).await?;
-        Ok((view.list(), Position(Arc::new(Mutex::new(view)))))
+        let listing = read(&self.conn, &self.prefix(name)).await?;
+        let list = listing
+            .kvs
+            .iter()
+            .filter_map(|kv| decode(&kv.key, &kv.value, name))
+            .collect();
+        let view = View {
+            revision: listing.revision,
+            listed: Some(listing),
+            ..View::default()
+        };
+        Ok((list, Position(Arc::new(Mutex::new(view)))))
     }
 
     async fn resume(&self, name: &str, from: &Position) -> Result<bool> {
-        let (revision, revisions) = {
-            let view = from.view();
-            (view.revision, view.revisions.clone())
-        };
-        still_holds(&self.conn, &self.prefix(name), revision, &revisions).await
+        still_holds(&self.conn, &self.prefix(name), name, from).await
     }
 
     async fn follow(&self, name: &str, from: Position, updates: &Updates<Position>) -> Stop {
         let prefix = self.prefix(name);
         let (generation, client) = self.conn.client();
-        let revision = from.view().revision;
+        let revision = from.ready(name).revision;
         let stop = match client.watch_prefix(prefix.as_bytes(), revision + 1).await {
             Ok(mut stream) => {
                 updates.following();
@@ -221,10 +272,11 @@ async fn apply_events(
         }
         let list = {
             let mut view = position.view();
-            for event in &resp.events {
-                let Some(kv) = &event.kv else { continue };
+            for event in resp.events {
+                let Some(kv) = event.kv else { continue };
+                let mod_revision = kv.mod_revision;
                 match EventType::try_from(event.r#type) {
-                    Ok(EventType::Put) => view.put(&kv.key, &kv.value, kv.mod_revision, name),
+                    Ok(EventType::Put) => view.put(kv.key, &kv.value, mod_revision, name),
                     Ok(EventType::Delete) => view.delete(&kv.key),
                     Err(_) => {
                         tracing::warn!(
@@ -234,7 +286,7 @@ async fn apply_events(
                         continue;
                     }
                 }
-                fragments_revision = fragments_revision.max(kv.mod_revision);
+                fragments_revision = fragments_revision.max(mod_revision);
             }
             // A revision's events all come in one response, or in fragments of one batch
             // (the last with `fragment` false): only after the whole batch is the view the
@@ -247,6 +299,77 @@ async fn apply_events(
             view.list()
         };
         updates.list(list, position.clone());
+    }
+}
+
+#[cfg(test)]
+mod view {
+    use super::*;
+    use crate::rpc::mvccpb::KeyValue;
+
+    fn kv(key: &str, value: &[u8], mod_revision: i64) -> KeyValue {
+        KeyValue {
+            key: key.as_bytes().to_vec(),
+            value: value.to_vec(),
+            mod_revision,
+            ..KeyValue::default()
+        }
+    }
+
+    fn instance(id: &str) -> ServiceInstance {
+        ServiceInstance::builder(id, "svc")
+            .endpoint("grpc://10.0.0.1:9000?isSecure=false")
+            .build()
+            .expect("instance")
+    }
+
+    fn listing() -> Listing {
+        Listing {
+            revision: 7,
+            kvs: vec![
+                kv("/ms/svc/a", instance("a").to_json().as_bytes(), 5),
+                kv("/ms/svc/b", b"not an instance", 6),
+                kv("/ms/svc/c", instance("c").to_json().as_bytes(), 7),
+            ],
+        }
+    }
+
+    /// A list is kept as read until a watch needs its entries; then they hold every key,
+    /// the skipped one included, and the instances in key order.
+    #[test]
+    fn a_listed_view_is_built_once_when_needed() {
+        let position = Position(Arc::new(Mutex::new(View {
+            revision: 7,
+            listed: Some(listing()),
+            ..View::default()
+        })));
+        assert!(position.view().entries.is_empty(), "not built by the list");
+        let mut view = position.ready("svc");
+        assert!(view.listed.is_none());
+        assert_eq!(view.entries.len(), 3);
+        assert_eq!(view.list(), vec![instance("a"), instance("c")]);
+        assert!(
+            view.same_keys(&listing()),
+            "the view is the list it was built from"
+        );
+
+        // A key changed, added or gone since: not the same.
+        let mut changed = listing();
+        changed.kvs[1].value = b"still not an instance".to_vec();
+        assert!(!view.same_keys(&changed));
+        let mut fewer = listing();
+        fewer.kvs.pop();
+        assert!(!view.same_keys(&fewer));
+
+        view.put(
+            b"/ms/svc/b".to_vec(),
+            instance("b").to_json().as_bytes(),
+            8,
+            "svc",
+        );
+        view.delete(b"/ms/svc/a");
+        assert_eq!(view.list(), vec![instance("b"), instance("c")]);
+        assert!(!view.same_keys(&listing()));
     }
 }
 
