@@ -1,5 +1,6 @@
 //! An endpoint URL, as read from a registry or given by a caller: `Endpoint::parse`. What
-//! it accepts parses again to the same endpoint, and every accessor answers.
+//! it accepts parses again to the same endpoint, and every accessor answers; what validation
+//! takes as plain without parsing (`validate::is_plain_endpoint`) the parser accepts.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
@@ -7,7 +8,11 @@ use registry_core::Endpoint;
 
 fuzz_target!(|data: &[u8]| {
     let text = String::from_utf8_lossy(data);
+    // Validation skips the parser for endpoints of the plainest form: the parser must
+    // accept every one of them.
+    let plain = registry_core::validate::is_plain_endpoint(&text);
     let Ok(endpoint) = Endpoint::parse(&text) else {
+        assert!(!plain, "validation takes {text:?} as plain, the parser refuses it");
         return;
     };
     assert_eq!(endpoint.as_str(), text, "the text is kept as given");

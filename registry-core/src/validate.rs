@@ -135,7 +135,10 @@ pub(crate) fn check_bounds(
 /// followed only by `A-Z a-z 0-9 - . _ ~ / = & ?`. Checking an instance's endpoints (on every
 /// value read from a registry) skips parsing such an endpoint as a URL; any other goes
 /// through the parser. A `false` means "parse it", not "invalid".
-pub(crate) fn is_plain_endpoint(raw: &str) -> bool {
+///
+/// Public for the fuzz target that checks it against the parser; not for other use.
+#[doc(hidden)]
+pub fn is_plain_endpoint(raw: &str) -> bool {
     let Some((scheme, rest)) = raw.split_once("://") else {
         return false;
     };
