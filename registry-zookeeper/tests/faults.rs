@@ -19,9 +19,11 @@ use zookeeper_client::{Acls, Client, CreateMode};
 const SESSION: Duration = Duration::from_secs(8);
 const WITHIN: Duration = Duration::from_secs(20);
 
+/// Connects to the test's server. The connect timeout is generous: four JVMs start at once
+/// on two cores when the tests run in parallel, and a first session can take seconds.
 async fn connect(server: &ZkServer, session: Duration) -> ZkRegistry {
     let url = server.url(&format!(
-        "/faults?session_timeout={}ms&connect_timeout=2s",
+        "/faults?session_timeout={}ms&connect_timeout=5s",
         session.as_millis()
     ));
     ZkRegistry::connect(Config::from_url(&url).expect("URL"))
