@@ -219,20 +219,21 @@ fn main() -> ExitCode {
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn,nacos_sdk=off")),
         )
         .init();
-    let result = match (mode, child_args) {
-        (Some("owner"), [url, json]) => runtime.block_on(owner::run_owner(url, json)),
-        (Some("owner"), _) => Err(anyhow::anyhow!(
-            "usage: registry-bench owner URL INSTANCE_JSON"
-        )),
-        (Some("nacos-bulk"), [server, namespace]) => {
-            runtime.block_on(raw::nacos::run_bulk(server, namespace))
-        }
-        (Some("nacos-bulk"), _) => Err(anyhow::anyhow!(
-            "usage: registry-bench nacos-bulk SERVER NAMESPACE < INSTANCES_JSON_LINE"
-        )),
-        (Some("watchers"), args) => runtime.block_on(fanout::run_watchers(args)),
-        _ => runtime.block_on(run(Args::parse())),
-    };
+    let result =
+        match (mode, child_args) {
+            (Some("owner"), [url, json]) => runtime.block_on(owner::run_owner(url, json)),
+            (Some("owner"), _) => Err(anyhow::anyhow!(
+                "usage: registry-bench owner URL INSTANCE_JSON"
+            )),
+            (Some("nacos-bulk"), [server, namespace, cache]) => runtime.block_on(
+                raw::nacos::run_bulk(server, namespace, std::path::Path::new(cache)),
+            ),
+            (Some("nacos-bulk"), _) => Err(anyhow::anyhow!(
+                "usage: registry-bench nacos-bulk SERVER NAMESPACE CACHE_DIR < INSTANCES_JSON_LINE"
+            )),
+            (Some("watchers"), args) => runtime.block_on(fanout::run_watchers(args)),
+            _ => runtime.block_on(run(Args::parse())),
+        };
     // nacos-sdk's tasks never end on their own: do not wait for them.
     runtime.shutdown_timeout(Duration::from_secs(1));
     match result {

@@ -6,7 +6,7 @@
 //! with a subscription, then a listener. Bulk data goes with `batch_register_instance`, in
 //! batches of [`BATCH`] on connections of their own (a batch replaces what its connection
 //! registered in the service before), held by a child process (`registry-bench nacos-bulk
-//! SERVER NAMESPACE`, the instances as one JSON line on its standard input): nacos-sdk
+//! SERVER NAMESPACE CACHE_DIR`, the instances as one JSON line on its standard input): nacos-sdk
 //! cannot close a connection, rnacos refuses an empty batch, and one deregistration per
 //! instance would take minutes, so the bulk is deleted by killing that process (Nacos drops
 //! a closed connection's ephemeral instances), and its clients add no work to the measuring
@@ -166,6 +166,7 @@ impl Writer for NacosRaw {
         let exe = std::env::current_exe().context("this program's path")?;
         let mut child = Command::new(&exe)
             .args(["nacos-bulk", &self.server, &self.namespace])
+            .arg(&self.cache_dir)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .kill_on_drop(true)
@@ -223,9 +224,10 @@ impl Writer for NacosRaw {
 }
 
 /// The bulk process: reads the instances (one JSON line) from standard input, registers
-/// them in batches of [`BATCH`] on connections of its own, says `registered`, and holds them
-/// until standard input closes or it is killed.
-pub async fn run_bulk(server: &str, namespace: &str) -> Result<()> {
+/// them in batches of [`BATCH`] on connections of its own (nacos-sdk caching under
+/// `cache_dir`, which the parent deletes), says `registered`, and holds them until standard
+/// input closes or it is killed.
+pub async fn run_bulk(server: &str, namespace: &str, cache_dir: &Path) -> Result<()> {
     let mut lines = BufReader::new(tokio::io::stdin()).lines();
     let line = lines
         .next_line()
@@ -233,10 +235,6 @@ pub async fn run_bulk(server: &str, namespace: &str) -> Result<()> {
         .context("no instances on standard input")?;
     let instances: Vec<ServiceInstance> =
         serde_json::from_str(&line).context("the instances' JSON")?;
-    let cache = tempfile::Builder::new()
-        .prefix("registry-bench-nacos-bulk-")
-        .tempdir()
-        .context("nacos-sdk cache directory")?;
     let mut batches = Vec::new();
     for chunk in instances.chunks(BATCH) {
         let (service, _) = to_nacos(&chunk[0])?;
@@ -246,7 +244,7 @@ pub async fn run_bulk(server: &str, namespace: &str) -> Result<()> {
             .collect::<Result<_>>()?;
         batches.push((service, batch));
     }
-    let cache_dir = cache.path();
+    let cache_dir = &cache_dir.join(format!("bulk-{}", std::process::id()));
     let _connections: Vec<NamingService> = futures::stream::iter(batches)
         .map(|(service, batch)| async move {
             let naming = connect(server, namespace, cache_dir).await?;
