@@ -273,21 +273,24 @@ pub fn fit(shape: &Shape, mut instance: ServiceInstance) -> ServiceInstance {
         if endpoints.len() >= shape.max_endpoints() {
             break;
         }
-        if let Ok(e) = Endpoint::parse(&raw) {
-            let scheme = e.scheme().to_owned();
-            if shape.reserved_schemes.contains(&scheme)
-                || (endpoints.is_empty()
-                    && !shape.any_address_first
-                    && matches!(e.host(), "0.0.0.0" | "::"))
-                || (shape.one_endpoint_per_scheme && schemes.contains(&scheme))
-                || (shape.one_endpoint_per_address
-                    && addresses.contains(&(scheme.clone(), e.authority())))
-            {
-                continue;
-            }
-            addresses.insert((scheme.clone(), e.authority()));
-            schemes.insert(scheme);
+        // A drawn host the parser refuses (`a.xn--`, not an IDN) is left out: the instance
+        // must be valid.
+        let Ok(e) = Endpoint::parse(&raw) else {
+            continue;
+        };
+        let scheme = e.scheme().to_owned();
+        if shape.reserved_schemes.contains(&scheme)
+            || (endpoints.is_empty()
+                && !shape.any_address_first
+                && matches!(e.host(), "0.0.0.0" | "::"))
+            || (shape.one_endpoint_per_scheme && schemes.contains(&scheme))
+            || (shape.one_endpoint_per_address
+                && addresses.contains(&(scheme.clone(), e.authority())))
+        {
+            continue;
         }
+        addresses.insert((scheme.clone(), e.authority()));
+        schemes.insert(scheme);
         endpoints.push(raw);
     }
     let mut n = 0u16;
