@@ -26,10 +26,12 @@ use tokio_stream::wrappers::WatchStream;
 use crate::{Error, Result, ServiceInstance, UrlOptions};
 
 mod engine;
+mod pace;
 mod source;
 
 use engine::Snapshot;
 pub use engine::Watches;
+pub use pace::Pace;
 pub use source::{Source, Stop, Updates};
 
 /// How long `watch()` waits for the first list when no `watch_timeout` is given.
