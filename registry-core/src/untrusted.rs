@@ -159,3 +159,33 @@ mod tests {
         assert!(decode("t", "a", "k", &vec![b' '; 3 * 1024 * 1024]).is_none());
     }
 }
+
+/// Every valid instance comes back exactly from its JSON through [`decode`]: the property
+/// of the etcd and ZooKeeper backends, whose decoders are this one under their names.
+#[cfg(all(test, feature = "proptest"))]
+mod round_trip {
+    use proptest::prelude::*;
+
+    use crate::strategy::{self, Drawn, Shape};
+
+    proptest! {
+        #![proptest_config(strategy::config(256))]
+
+        #[test]
+        fn every_valid_instance_round_trips(
+            Drawn(instance) in strategy::instance(&Shape::default()),
+        ) {
+            prop_assert!(instance.validate().is_ok(), "{:?}", instance.validate());
+            let key = format!("/microservices/{}/{}", instance.name, instance.id);
+            let value = instance.to_json();
+            let Some(back) = super::decode("test", &instance.name, &key, value.as_bytes()) else {
+                return Err(TestCaseError::fail(format!(
+                    "skipped when read ({} bytes of JSON)",
+                    value.len()
+                )));
+            };
+            let difference = strategy::difference(&instance, &back);
+            prop_assert!(difference.is_none(), "{:?}", difference);
+        }
+    }
+}

@@ -372,32 +372,3 @@ mod view {
         assert!(!view.same_keys(&listing()));
     }
 }
-
-#[cfg(test)]
-mod round_trip {
-    use proptest::prelude::*;
-    use registry_core::strategy::{self, Drawn, Shape};
-
-    proptest! {
-        #![proptest_config(strategy::config(256))]
-
-        /// Every valid instance comes back exactly from the value etcd holds for it.
-        #[test]
-        fn every_valid_instance_round_trips(
-            Drawn(instance) in strategy::instance(&Shape::default()),
-        ) {
-            prop_assert!(instance.validate().is_ok(), "{:?}", instance.validate());
-            let key = format!("/microservices/{}/{}", instance.name, instance.id);
-            let value = instance.to_json();
-            let back = super::decode(key.as_bytes(), value.as_bytes(), &instance.name);
-            let Some(back) = back else {
-                return Err(TestCaseError::fail(format!(
-                    "skipped when read ({} bytes of JSON)",
-                    value.len()
-                )));
-            };
-            let difference = strategy::difference(&instance, &back);
-            prop_assert!(difference.is_none(), "{:?}", difference);
-        }
-    }
-}

@@ -262,32 +262,3 @@ async fn follow_session(
         updates.list(instances.values().cloned().collect(), ());
     }
 }
-
-#[cfg(test)]
-mod round_trip {
-    use proptest::prelude::*;
-    use registry_core::strategy::{self, Drawn, Shape};
-
-    proptest! {
-        #![proptest_config(strategy::config(256))]
-
-        /// Every valid instance comes back exactly from the data of its ZooKeeper node.
-        #[test]
-        fn every_valid_instance_round_trips(
-            Drawn(instance) in strategy::instance(&Shape::default()),
-        ) {
-            prop_assert!(instance.validate().is_ok(), "{:?}", instance.validate());
-            let path = format!("/microservices/{}/{}", instance.name, instance.id);
-            let data = instance.to_json();
-            let back = super::decode(&path, data.as_bytes(), &instance.name);
-            let Some(back) = back else {
-                return Err(TestCaseError::fail(format!(
-                    "skipped when read ({} bytes of JSON)",
-                    data.len()
-                )));
-            };
-            let difference = strategy::difference(&instance, &back);
-            prop_assert!(difference.is_none(), "{:?}", difference);
-        }
-    }
-}
