@@ -174,7 +174,11 @@ impl<S: Store> Registrations<S> {
         };
         match done {
             Some(done) => done.await.unwrap_or(Err(Error::Closed)),
-            None if self.store.contains(&instance.name, &instance.id).await? => {
+            None if self.store.contains(&instance.name, &instance.id).await?
+                // A register of this handle that came while the registry was asked is
+                // what it lists: this deregister came before that register.
+                && !self.holds_or_removed(&instance.name, &instance.id) =>
+            {
                 Err(Error::NotOwned {
                     name: instance.name.clone(),
                     id: instance.id.clone(),
@@ -182,6 +186,13 @@ impl<S: Store> Registrations<S> {
             }
             None => Ok(()),
         }
+    }
+
+    /// Whether this handle holds (`name`, `id`), or deregistered it last.
+    fn holds_or_removed(&self, name: &str, id: &str) -> bool {
+        let entries = lock(&self.entries);
+        let key = (name.to_owned(), id.to_owned());
+        entries.map.contains_key(&key) || entries.removed.contains(&key)
     }
 
     /// Follows the registration of (`name`, `id`) held by this handle; `None` when it holds
@@ -520,5 +531,84 @@ async fn retry_at(retrying: &Option<Retrying>) {
     match retrying {
         Some(retry) => tokio::time::sleep_until(retry.at).await,
         None => std::future::pending().await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    use async_trait::async_trait;
+    use tokio::sync::Notify;
+
+    use super::*;
+
+    /// A registry that holds whatever is written, and whose `contains` waits for `gate`.
+    #[derive(Default)]
+    struct Gated {
+        listed: AtomicBool,
+        asked: Notify,
+        gate: Notify,
+    }
+
+    #[async_trait]
+    impl Store for Arc<Gated> {
+        type Lease = ();
+
+        async fn write(&self, _: &ServiceInstance, _: Option<&()>) -> Result<()> {
+            self.listed.store(true, Ordering::SeqCst);
+            Ok(())
+        }
+
+        async fn hold(&self, _: &ServiceInstance, _: &()) -> Error {
+            std::future::pending().await
+        }
+
+        async fn remove(&self, _: &ServiceInstance, _: Option<&()>) -> Result<()> {
+            self.listed.store(false, Ordering::SeqCst);
+            Ok(())
+        }
+
+        async fn contains(&self, _: &str, _: &str) -> Result<bool> {
+            self.asked.notify_one();
+            self.gate.notified().await;
+            Ok(self.listed.load(Ordering::SeqCst))
+        }
+    }
+
+    fn instance() -> ServiceInstance {
+        ServiceInstance::builder("x", "svc")
+            .endpoint("http://127.0.0.1:8000")
+            .build()
+            .expect("valid")
+    }
+
+    /// A deregister of an id the handle does not hold asks the registry; a register of the
+    /// same id by the same handle meanwhile is what the registry then lists: the deregister
+    /// came first and succeeds (it once failed with NotOwned).
+    #[tokio::test]
+    async fn a_deregister_racing_a_register_of_the_same_handle_is_not_refused() {
+        let store = Arc::new(Gated::default());
+        let registrations = Arc::new(Registrations::new(store.clone()));
+        let deregister = tokio::spawn({
+            let registrations = registrations.clone();
+            async move { registrations.deregister(&instance()).await }
+        });
+        store.asked.notified().await;
+        registrations.register(&instance()).await.expect("register");
+        store.gate.notify_one();
+        deregister.await.expect("joined").expect("not refused");
+        assert!(registrations.status("svc", "x").is_some(), "still held");
+    }
+
+    /// The rule itself stands: an id listed by another owner is refused.
+    #[tokio::test]
+    async fn a_deregister_of_another_owners_id_is_refused() {
+        let store = Arc::new(Gated::default());
+        store.listed.store(true, Ordering::SeqCst);
+        store.gate.notify_one();
+        let registrations = Registrations::new(store);
+        let refused = registrations.deregister(&instance()).await;
+        assert!(matches!(refused, Err(Error::NotOwned { .. })), "{refused:?}");
     }
 }
