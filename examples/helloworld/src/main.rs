@@ -57,6 +57,10 @@ enum Command {
         /// Delay between deregistering and stopping the servers.
         #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
         drain: Duration,
+        /// The instance id (default: the process id and the time). Every answer names it in
+        /// an `x-served-by` header (HTTP) or response metadata entry (gRPC).
+        #[arg(long)]
+        id: Option<String>,
     },
     /// Call SayHello over HTTP and gRPC through discovery:///NAME.
     Client {
@@ -69,8 +73,16 @@ enum Command {
     },
 }
 
-#[derive(Debug, Default)]
-struct Greet;
+/// The header (HTTP) and metadata key (gRPC) naming the instance that answered, as the
+/// kratos helloworld of `interop/kratos` does too: tests tell the servers of one service
+/// apart by it.
+const SERVED_BY: &str = "x-served-by";
+
+/// The Greeter of the instance `id`.
+#[derive(Debug, Clone)]
+struct Greet {
+    id: String,
+}
 
 fn welcome(name: &str) -> String {
     format!("welcome {name}!")
@@ -82,9 +94,13 @@ impl Greeter for Greet {
         &self,
         request: tonic::Request<HelloRequest>,
     ) -> Result<tonic::Response<HelloReply>, tonic::Status> {
-        Ok(tonic::Response::new(HelloReply {
+        let mut response = tonic::Response::new(HelloReply {
             message: welcome(&request.into_inner().name),
-        }))
+        });
+        if let Ok(id) = self.id.parse() {
+            response.metadata_mut().insert(SERVED_BY, id);
+        }
+        Ok(response)
     }
 }
 
@@ -94,11 +110,15 @@ struct Reply {
 }
 
 async fn http_say_hello(
+    axum::extract::State(greet): axum::extract::State<Greet>,
     axum::extract::Path(name): axum::extract::Path<String>,
-) -> axum::Json<Reply> {
-    axum::Json(Reply {
-        message: welcome(&name),
-    })
+) -> ([(&'static str, String); 1], axum::Json<Reply>) {
+    (
+        [(SERVED_BY, greet.id)],
+        axum::Json(Reply {
+            message: welcome(&name),
+        }),
+    )
 }
 
 type Failure = Box<dyn std::error::Error + Send + Sync>;
@@ -125,8 +145,15 @@ async fn main() -> std::process::ExitCode {
 async fn run(cli: Cli) -> Result<(), Failure> {
     let registry = registry::connect(&cli.registry).await?;
     match cli.command {
-        Some(Command::Server { drain }) => {
-            serve(registry, cli.name.clone(), drain, std::future::pending()).await
+        Some(Command::Server { drain, id }) => {
+            serve(
+                registry,
+                cli.name.clone(),
+                id,
+                drain,
+                std::future::pending(),
+            )
+            .await
         }
         Some(Command::Client { interval, count }) => {
             tokio::select! {
@@ -141,6 +168,7 @@ async fn run(cli: Cli) -> Result<(), Failure> {
             let server = tokio::spawn(serve(
                 registry.clone(),
                 cli.name.clone(),
+                None,
                 Duration::ZERO,
                 async {
                     let _ = stopped.await;
@@ -172,6 +200,7 @@ async fn stopping() {
 async fn serve(
     registry: Arc<dyn Registry>,
     name: String,
+    id: Option<String>,
     drain: Duration,
     until: impl Future<Output = ()>,
 ) -> Result<(), Failure> {
@@ -181,9 +210,19 @@ async fn serve(
     let http_addr = http.local_addr()?;
     let grpc_addr = grpc.local_addr()?;
 
+    let id = id.unwrap_or_else(|| {
+        let nanos = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or_default();
+        format!("{}-{nanos:x}", std::process::id())
+    });
+    let greet = Greet { id: id.clone() };
+
     let mut stop = app.stop_signal();
-    let router =
-        axum::Router::new().route("/helloworld/{name}", axum::routing::get(http_say_hello));
+    let router = axum::Router::new()
+        .route("/helloworld/{name}", axum::routing::get(http_say_hello))
+        .with_state(greet.clone());
     let http_server = tokio::spawn(async move {
         let stopping = async move {
             let _ = stop.wait_for(|s| *s).await;
@@ -202,7 +241,7 @@ async fn serve(
         };
         let incoming = tokio_stream::wrappers::TcpListenerStream::new(grpc);
         if let Err(e) = tonic::transport::Server::builder()
-            .add_service(GreeterServer::new(Greet))
+            .add_service(GreeterServer::new(greet))
             .serve_with_incoming_shutdown(incoming, stopping)
             .await
         {
@@ -210,16 +249,11 @@ async fn serve(
         }
     });
 
-    let nanos = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_nanos())
-        .unwrap_or_default();
-    let instance =
-        ServiceInstance::builder(format!("{}-{nanos:x}", std::process::id()), name.as_str())
-            .version("v1")
-            .endpoint(format!("http://{http_addr}"))
-            .endpoint(format!("grpc://{grpc_addr}?isSecure=false"))
-            .build()?;
+    let instance = ServiceInstance::builder(id, name.as_str())
+        .version("v1")
+        .endpoint(format!("http://{http_addr}"))
+        .endpoint(format!("grpc://{grpc_addr}?isSecure=false"))
+        .build()?;
     println!("serving {name} on http://{http_addr} and grpc://{grpc_addr}");
     app.run(instance, vec![http_server, grpc_server], until)
         .await?;
@@ -248,10 +282,22 @@ async fn call(
             Ok(picked) => {
                 let url = picked.url().join("/helloworld/go-kratos")?;
                 match client.get(url).send().await {
-                    Ok(response) => match response.json::<Reply>().await {
-                        Ok(reply) => println!("[http] SayHello {}", reply.message),
-                        Err(e) => println!("[http] error: {e}"),
-                    },
+                    Ok(response) => {
+                        let served_by = response
+                            .headers()
+                            .get(SERVED_BY)
+                            .and_then(|v| v.to_str().ok())
+                            .map(str::to_owned);
+                        match response.json::<Reply>().await {
+                            Ok(reply) => {
+                                println!("[http] SayHello {}", reply.message);
+                                if let Some(id) = served_by {
+                                    println!("[http] served-by {id}");
+                                }
+                            }
+                            Err(e) => println!("[http] error: {e}"),
+                        }
+                    }
                     Err(e) => println!("[http] error: {e}"),
                 }
             }
@@ -262,7 +308,17 @@ async fn call(
             name: "go-kratos".into(),
         });
         match tokio::time::timeout(Duration::from_secs(3), call).await {
-            Ok(Ok(reply)) => println!("[grpc] SayHello {}", reply.into_inner().message),
+            Ok(Ok(reply)) => {
+                let served_by = reply
+                    .metadata()
+                    .get(SERVED_BY)
+                    .and_then(|v| v.to_str().ok())
+                    .map(str::to_owned);
+                println!("[grpc] SayHello {}", reply.into_inner().message);
+                if let Some(id) = served_by {
+                    println!("[grpc] served-by {id}");
+                }
+            }
             Ok(Err(status)) => println!("[grpc] error: {}", status.message()),
             Err(_) => println!("[grpc] error: no answer within 3s"),
         }
