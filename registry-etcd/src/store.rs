@@ -120,9 +120,14 @@ impl Store for EtcdStore {
         error
     }
 
+    /// Revoking the lease deletes the key attached to it: one round trip. Only when there is
+    /// no lease, or the revoke fails (the lease expired, the server did not answer), is the
+    /// key deleted by name.
     async fn remove(&self, instance: &ServiceInstance, lease: Option<&i64>) -> Result<()> {
         if let Some(&lease) = lease {
-            self.revoke(lease).await;
+            if self.revoke(lease).await {
+                return Ok(());
+            }
         }
         let key = self.key(&instance.name, &instance.id);
         self.conn
@@ -151,12 +156,16 @@ impl Store for EtcdStore {
 }
 
 impl EtcdStore {
-    /// Revokes a lease (deleting what is attached to it); failures only log: an unrevoked
-    /// lease expires after its TTL.
-    async fn revoke(&self, lease: i64) {
+    /// Revokes a lease (deleting what is attached to it): true when the server did. Failures
+    /// only log: an unrevoked lease expires after its TTL.
+    async fn revoke(&self, lease: i64) -> bool {
         let (_, client) = self.conn.client();
-        if let Err(e) = client.lease_revoke(lease).await {
-            tracing::debug!(lease, error = %e, "etcd lease revoke failed");
+        match client.lease_revoke(lease).await {
+            Ok(()) => true,
+            Err(e) => {
+                tracing::debug!(lease, error = %e, "etcd lease revoke failed");
+                false
+            }
         }
     }
 }
