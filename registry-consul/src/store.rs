@@ -23,8 +23,15 @@ impl Store for ConsulStore {
     /// The agent keeps the service; the check is named after the id.
     type Lease = ();
 
-    async fn write(&self, instance: &ServiceInstance, _held: Option<&()>) -> Result<()> {
+    /// One round trip for an update of what this handle wrote (`held`); a new registration
+    /// first asks the agent who holds the id.
+    async fn write(&self, instance: &ServiceInstance, held: Option<&()>) -> Result<()> {
         let registration = to_consul(instance, &self.config)?;
+        if held.is_some() {
+            // This handle wrote the id for this service, and no write of ours replaces
+            // another service's instance: the agent holds it for this service (or forgot it).
+            return self.client.register(&registration).await;
+        }
         // The agent keys services by id alone: never replace another service's instance.
         if let Some(held) = self.client.service_name(&instance.id).await? {
             if held != instance.name {
@@ -52,7 +59,12 @@ impl Store for ConsulStore {
         }
     }
 
-    async fn remove(&self, instance: &ServiceInstance, _lease: Option<&()>) -> Result<()> {
+    /// One round trip for what this handle wrote (`lease`); otherwise (a first write that
+    /// failed) only when the agent holds the id for this service.
+    async fn remove(&self, instance: &ServiceInstance, lease: Option<&()>) -> Result<()> {
+        if lease.is_some() {
+            return self.client.deregister(&instance.id).await;
+        }
         // Only this service's instance: the agent may hold the id for another one.
         match self.client.service_name(&instance.id).await? {
             Some(held) if held == instance.name => self.client.deregister(&instance.id).await,
