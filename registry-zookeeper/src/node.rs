@@ -149,7 +149,24 @@ async fn create(
 }
 
 /// Deletes the node at `path` when `client`'s session, or an earlier one of ours, owns it.
-pub(crate) async fn delete_ours(zk: &Zk, client: &Client, path: &str) -> Result<()> {
+/// The node this session wrote last (`written`, while no loss was seen since) is deleted at
+/// its version in one round trip; anything else is read first to see who owns it.
+pub(crate) async fn delete_ours(
+    zk: &Zk,
+    client: &Client,
+    path: &str,
+    written: Option<&Written>,
+) -> Result<()> {
+    let session = client.session_id().0;
+    if let Some(version) = written.and_then(|written| written.updatable(session)) {
+        // Only the version we wrote is deleted: a node changed or replaced since is not.
+        match timed_raw(zk, client.delete(path, Some(version))).await? {
+            Ok(()) | Err(Z::NoNode) => return Ok(()),
+            // Changed from outside since: the loop below looks at who holds it.
+            Err(Z::BadVersion) => {}
+            Err(e) => return Err(map_err("delete", e)),
+        }
+    }
     loop {
         let stat = match timed_raw(zk, client.get_data(path)).await? {
             Ok((_, stat)) => stat,

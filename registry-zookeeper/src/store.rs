@@ -99,10 +99,10 @@ impl Store for ZkStore {
         error
     }
 
-    async fn remove(&self, instance: &ServiceInstance, _lease: Option<&Written>) -> Result<()> {
+    async fn remove(&self, instance: &ServiceInstance, lease: Option<&Written>) -> Result<()> {
         let client = self.zk.client().await?;
         let path = self.path(&instance.name, &instance.id);
-        node::delete_ours(&self.zk, &client, &path).await
+        node::delete_ours(&self.zk, &client, &path, lease).await
     }
 
     async fn contains(&self, name: &str, id: &str) -> Result<bool> {
