@@ -24,15 +24,42 @@ use crate::format::{assemble, incomplete, service_of, Services};
 const COMMON_SCHEMES: [&str; 4] = ["http", "https", "grpc", "grpcs"];
 
 /// The instances of `name` (any order), and the Nacos services of the name found.
+///
+/// One round trip of latency in the common case: the group's service list is read together
+/// with the instances of the plain name and of `{name}.{scheme}` for the common schemes;
+/// only a service of another scheme in the list is read after it.
 pub(crate) async fn list(
     naming: &NamingService,
     group: &str,
     name: &str,
 ) -> Result<(Vec<ServiceInstance>, BTreeSet<String>)> {
-    let found = services_of(naming, group, name).await?;
+    let guessed: Vec<String> = std::iter::once(name.to_owned())
+        .chain(COMMON_SCHEMES.iter().map(|scheme| format!("{name}.{scheme}")))
+        .collect();
+    let (found, early) = tokio::join!(
+        services_of(naming, group, name),
+        futures::future::join_all(
+            guessed
+                .iter()
+                .map(|service| instances_of(naming, group, service))
+        ),
+    );
+    let found = found?;
+    let mut early: HashMap<&str, Vec<NacosInstance>> = guessed
+        .iter()
+        .map(String::as_str)
+        .zip(early)
+        // A guessed service the list does not hold is not read (its answer may be an error).
+        .filter(|(service, _)| found.contains(*service))
+        .map(|(service, read)| read.map(|read| (service, read)))
+        .collect::<Result<_>>()?;
     let mut services = Services::new();
     for service in &found {
-        services.insert(service.clone(), instances_of(naming, group, service).await?);
+        let instances = match early.remove(service.as_str()) {
+            Some(instances) => instances,
+            None => instances_of(naming, group, service).await?,
+        };
+        services.insert(service.clone(), instances);
     }
     let list = assemble(name, &services, &BTreeMap::new())
         .into_values()
