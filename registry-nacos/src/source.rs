@@ -34,7 +34,11 @@ pub(crate) async fn list(
     name: &str,
 ) -> Result<(Vec<ServiceInstance>, BTreeSet<String>)> {
     let guessed: Vec<String> = std::iter::once(name.to_owned())
-        .chain(COMMON_SCHEMES.iter().map(|scheme| format!("{name}.{scheme}")))
+        .chain(
+            COMMON_SCHEMES
+                .iter()
+                .map(|scheme| format!("{name}.{scheme}")),
+        )
         .collect();
     let (found, early) = tokio::join!(
         services_of(naming, group, name),

@@ -609,6 +609,9 @@ mod tests {
         store.gate.notify_one();
         let registrations = Registrations::new(store);
         let refused = registrations.deregister(&instance()).await;
-        assert!(matches!(refused, Err(Error::NotOwned { .. })), "{refused:?}");
+        assert!(
+            matches!(refused, Err(Error::NotOwned { .. })),
+            "{refused:?}"
+        );
     }
 }
