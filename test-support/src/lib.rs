@@ -11,7 +11,11 @@
 //!   resume), implemented by every server below;
 //! - [`EtcdServer`], [`ConsulAgent`], [`ZkServer`], [`NacosServer`]: a server of a test's own
 //!   for each backend, used by the backends' own tests and by the conformance suite's fault
-//!   cases alike.
+//!   cases alike;
+//! - [`EtcdCluster`], [`ZkEnsemble`]: clusters of a test's own (3 members on loopback), each
+//!   a [`Cluster`] (kill a member, start it again, restart it, find the leader), and
+//!   [`FaultCase`]: the registrations and the watcher a cluster fault case checks after the
+//!   fault, printing the time to converge.
 //!
 //! A missing server program fails the test: nothing is skipped.
 
@@ -30,13 +34,20 @@ use rcgen::{BasicConstraints, CertificateParams, ExtendedKeyUsagePurpose, IsCa, 
 use registry_core::{Discovery, ServiceInstance, Watcher};
 use tokio::time::{sleep, timeout, Instant};
 
+mod cluster;
 mod consul;
+mod etcd_cluster;
 mod nacos;
 mod zookeeper;
 
+pub use cluster::{
+    describe, describe_from, one_cluster_at_a_time, Cluster, FaultCase, Seen, WatchLog,
+    CLUSTER_SLACK, INSTANCES, QUORUM_DEADLINE, SERVICE,
+};
 pub use consul::ConsulAgent;
+pub use etcd_cluster::{etcd_status, EtcdCluster, EtcdStatus};
 pub use nacos::NacosServer;
-pub use zookeeper::ZkServer;
+pub use zookeeper::{four_letter_word, zk_mode, ZkEnsemble, ZkServer};
 
 /// How long a server gets to start answering.
 pub const START_DEADLINE: Duration = Duration::from_secs(60);

@@ -1,6 +1,8 @@
 //! A ZooKeeper of a test's own (standalone, tickTime 500 ms): its own port and data
 //! directory, so it never disturbs the shared server. It answers the four-letter words
 //! `ruok` (readiness), and `mntr` and `wchs` (its counts, such as the watches it holds).
+//! And an ensemble of a test's own ([`ZkEnsemble`]), whose servers also answer `srvr` (their
+//! role) and `cons` (their connections, with each one's session).
 
 use std::ffi::OsString;
 use std::io::{Read, Write};
@@ -105,3 +107,166 @@ impl DerefMut for ZkServer {
 }
 
 crate::server_control_through_deref!(ZkServer);
+
+/// What a server answers to the four-letter word `word` (it must be in the whitelist of its
+/// `zoo.cfg`), `None` when it does not answer.
+pub fn four_letter_word(port: u16, word: &str) -> Option<String> {
+    let address = ([127, 0, 0, 1], port).into();
+    let mut stream = TcpStream::connect_timeout(&address, Duration::from_millis(300)).ok()?;
+    stream.set_read_timeout(Some(Duration::from_secs(1))).ok()?;
+    stream.write_all(word.as_bytes()).ok()?;
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer).ok()?;
+    Some(answer)
+}
+
+/// The role `srvr` reports: `leader`, `follower`, `standalone`; `None` while the server does
+/// not serve (no quorum) or does not answer.
+pub fn zk_mode(port: u16) -> Option<String> {
+    let answer = four_letter_word(port, "srvr")?;
+    answer
+        .lines()
+        .find_map(|line| line.strip_prefix("Mode: "))
+        .map(|mode| mode.trim().to_owned())
+}
+
+/// A ZooKeeper ensemble of a test's own: `n` servers on 127.0.0.1 (tickTime 500 ms), each
+/// with its own client, quorum and election ports, `zoo.cfg` and `myid`; each is ready once
+/// it serves as leader or follower. They answer the four-letter words `ruok`, `srvr`, `cons`,
+/// `mntr` and `wchs`. Dropping the ensemble kills every server and deletes its data.
+pub struct ZkEnsemble {
+    members: Vec<ServerProcess>,
+    client_ports: Vec<u16>,
+}
+
+impl ZkEnsemble {
+    /// Starts `n` servers together and waits until each serves (as leader or follower).
+    pub async fn start(n: usize) -> ZkEnsemble {
+        assert!(n > 0, "an ensemble has one server at least");
+        let jar = zk_jar();
+        let client_ports: Vec<u16> = (0..n).map(|_| free_port()).collect();
+        let servers: String = (0..n)
+            .map(|i| {
+                format!(
+                    "server.{}=127.0.0.1:{}:{}\n",
+                    i + 1,
+                    free_port(),
+                    free_port()
+                )
+            })
+            .collect();
+        // A server waits for a quorum before it serves: start them all at once.
+        let starting: Vec<_> = (0..n)
+            .map(|i| {
+                let port = client_ports[i];
+                let jar = jar.clone();
+                let servers = servers.clone();
+                let spec = ServerSpec {
+                    program: PathBuf::from("java"),
+                    args: Box::new(move |data| {
+                        let dir = data.parent().expect("a parent directory");
+                        std::fs::write(data.join("myid"), format!("{}\n", i + 1))
+                            .expect("write myid");
+                        let cfg = dir.join("zoo.cfg");
+                        let text = format!(
+                            "tickTime=500\ninitLimit=10\nsyncLimit=5\n\
+                             minSessionTimeout=1000\nmaxSessionTimeout=60000\n\
+                             dataDir={}\nclientPort={port}\nclientPortAddress=127.0.0.1\n\
+                             admin.enableServer=false\n\
+                             4lw.commands.whitelist=ruok,srvr,cons,mntr,wchs\n{servers}",
+                            data.display()
+                        );
+                        std::fs::write(&cfg, text).expect("write zoo.cfg");
+                        let classpath = format!("{}:{}", dir.display(), jar.display());
+                        [
+                            OsString::from("-Xmx256m"),
+                            "-cp".into(),
+                            classpath.into(),
+                            "org.apache.zookeeper.server.quorum.QuorumPeerMain".into(),
+                            cfg.into(),
+                        ]
+                        .to_vec()
+                    }),
+                    ready: Ready::Probe(Box::new(move || {
+                        zk_mode(port).is_some_and(|m| m == "leader" || m == "follower")
+                    })),
+                };
+                tokio::spawn(ServerProcess::start(spec))
+            })
+            .collect();
+        let mut members = Vec::with_capacity(n);
+        for started in starting {
+            match started.await {
+                Ok(member) => members.push(member),
+                Err(e) => std::panic::resume_unwind(e.into_panic()),
+            }
+        }
+        ZkEnsemble {
+            members,
+            client_ports,
+        }
+    }
+
+    /// `127.0.0.1:PORT` of a server's client port.
+    pub fn address(&self, member: usize) -> String {
+        format!("127.0.0.1:{}", self.client_ports[member])
+    }
+
+    /// The role of a server now (`leader`, `follower`), `None` when it does not serve.
+    pub fn mode(&self, member: usize) -> Option<String> {
+        zk_mode(self.client_ports[member])
+    }
+
+    /// The server a client's session (its id) is connected to now, by the servers' `cons`.
+    pub fn member_holding(&self, session: i64) -> Option<usize> {
+        let sid = format!("sid=0x{session:x},");
+        (0..self.members.len()).find(|&i| {
+            four_letter_word(self.client_ports[i], "cons").is_some_and(|cons| cons.contains(&sid))
+        })
+    }
+
+    /// The last lines of a server's log.
+    pub fn log_tail(&self, member: usize) -> String {
+        self.members[member].log_tail()
+    }
+}
+
+#[async_trait::async_trait]
+impl crate::Cluster for ZkEnsemble {
+    fn len(&self) -> usize {
+        self.members.len()
+    }
+
+    fn url(&self, path_and_query: &str) -> String {
+        let servers: Vec<String> = (0..self.members.len()).map(|i| self.address(i)).collect();
+        format!("zk://{}{path_and_query}", servers.join(","))
+    }
+
+    async fn leader(&self) -> usize {
+        let deadline = tokio::time::Instant::now() + crate::cluster::QUORUM_DEADLINE;
+        loop {
+            let modes: Vec<Option<String>> =
+                (0..self.members.len()).map(|i| self.mode(i)).collect();
+            let leaders: Vec<usize> = (0..modes.len())
+                .filter(|&i| modes[i].as_deref() == Some("leader"))
+                .collect();
+            if let [leader] = leaders[..] {
+                return leader;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the ZooKeeper servers did not have one leader within {:?}: {modes:?}",
+                crate::cluster::QUORUM_DEADLINE
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    fn kill(&mut self, member: usize) {
+        self.members[member].kill();
+    }
+
+    async fn start_again(&mut self, member: usize) {
+        self.members[member].start_again().await;
+    }
+}

@@ -1,0 +1,198 @@
+//! An etcd cluster of a test's own: n members on loopback, each with its own client and peer
+//! ports and data directory, killed and deleted with the cluster.
+
+use std::ffi::OsString;
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use tokio::time::{sleep, Instant};
+
+use crate::cluster::{Cluster, QUORUM_DEADLINE};
+use crate::{free_port, run_id, server_program, Ready, ServerProcess, ServerSpec};
+
+/// What a member's `/v3/maintenance/status` says.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EtcdStatus {
+    /// The member's id.
+    pub member_id: u64,
+    /// The id of the leader it follows (0: none).
+    pub leader: u64,
+}
+
+/// Asks the member on `port` for its status through etcd's HTTP gateway (JSON). `None` when
+/// it does not answer.
+pub fn etcd_status(port: u16) -> Option<EtcdStatus> {
+    let address = ([127, 0, 0, 1], port).into();
+    let mut stream = TcpStream::connect_timeout(&address, Duration::from_millis(300)).ok()?;
+    stream.set_read_timeout(Some(Duration::from_secs(1))).ok()?;
+    stream
+        .set_write_timeout(Some(Duration::from_secs(1)))
+        .ok()?;
+    // HTTP/1.0: the answer is the body up to the end of the stream, never chunked.
+    let request = format!(
+        "POST /v3/maintenance/status HTTP/1.0\r\nHost: 127.0.0.1:{port}\r\n\
+         Content-Type: application/json\r\nContent-Length: 2\r\n\r\n{{}}"
+    );
+    stream.write_all(request.as_bytes()).ok()?;
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer).ok()?;
+    if !answer.starts_with("HTTP/1.0 200") && !answer.starts_with("HTTP/1.1 200") {
+        return None;
+    }
+    let body = &answer[answer.find("\r\n\r\n")?..];
+    Some(EtcdStatus {
+        member_id: json_number(body, "member_id")?,
+        leader: json_number(body, "leader")?,
+    })
+}
+
+/// The number in `"key": "123"` or `"key": 123` (the gateway writes 64-bit numbers as
+/// strings), the first such key in `json`.
+fn json_number(json: &str, key: &str) -> Option<u64> {
+    let pattern = format!("\"{key}\"");
+    let rest = &json[json.find(&pattern)? + pattern.len()..];
+    let rest = rest.trim_start().strip_prefix(':')?.trim_start();
+    let rest = rest.strip_prefix('"').unwrap_or(rest);
+    let digits: String = rest.chars().take_while(char::is_ascii_digit).collect();
+    digits.parse().ok()
+}
+
+/// An etcd cluster of a test's own: `n` members on 127.0.0.1, each on free client and peer
+/// ports, started together with `--initial-cluster`; each is ready once it follows a leader
+/// (or leads). Dropping the cluster kills every member and deletes its data.
+pub struct EtcdCluster {
+    members: Vec<ServerProcess>,
+    client_ports: Vec<u16>,
+}
+
+impl EtcdCluster {
+    /// Starts `n` members together and waits until each follows a leader (or leads).
+    pub async fn start(n: usize) -> EtcdCluster {
+        assert!(n > 0, "a cluster has one member at least");
+        let program = server_program("etcd", "REGISTRY_RS_ETCD_BIN", "etcd/usr/bin/etcd");
+        let client_ports: Vec<u16> = (0..n).map(|_| free_port()).collect();
+        let peer_ports: Vec<u16> = (0..n).map(|_| free_port()).collect();
+        let initial_cluster = peer_ports
+            .iter()
+            .enumerate()
+            .map(|(i, port)| format!("m{i}=http://127.0.0.1:{port}"))
+            .collect::<Vec<_>>()
+            .join(",");
+        let token = format!("registry-test-{}", run_id());
+        // Every member waits for a quorum before it is ready: start them all at once.
+        let starting: Vec<_> = (0..n)
+            .map(|i| {
+                let client_url = format!("http://127.0.0.1:{}", client_ports[i]);
+                let peer_url = format!("http://127.0.0.1:{}", peer_ports[i]);
+                let initial_cluster = initial_cluster.clone();
+                let token = token.clone();
+                let client_port = client_ports[i];
+                let spec = ServerSpec {
+                    program: program.clone(),
+                    args: Box::new(move |data| {
+                        let mut args: Vec<OsString> = Vec::new();
+                        for (flag, value) in [
+                            ("--name", format!("m{i}")),
+                            ("--data-dir", data.display().to_string()),
+                            ("--listen-client-urls", client_url.clone()),
+                            ("--advertise-client-urls", client_url.clone()),
+                            ("--listen-peer-urls", peer_url.clone()),
+                            ("--initial-advertise-peer-urls", peer_url.clone()),
+                            ("--initial-cluster", initial_cluster.clone()),
+                            ("--initial-cluster-state", "new".into()),
+                            ("--initial-cluster-token", token.clone()),
+                            ("--log-level", "info".into()),
+                        ] {
+                            args.extend([flag.into(), value.into()]);
+                        }
+                        args
+                    }),
+                    ready: Ready::Probe(Box::new(move || {
+                        etcd_status(client_port).is_some_and(|s| s.leader != 0)
+                    })),
+                };
+                tokio::spawn(ServerProcess::start(spec))
+            })
+            .collect();
+        let mut members = Vec::with_capacity(n);
+        for started in starting {
+            match started.await {
+                Ok(member) => members.push(member),
+                Err(e) => std::panic::resume_unwind(e.into_panic()),
+            }
+        }
+        EtcdCluster {
+            members,
+            client_ports,
+        }
+    }
+
+    /// `127.0.0.1:PORT` of a member's client endpoint.
+    pub fn endpoint(&self, member: usize) -> String {
+        format!("127.0.0.1:{}", self.client_ports[member])
+    }
+
+    /// `etcd://` with every member, `first` first and the others in order after it, then
+    /// `path_and_query`. The backend's client uses the first endpoint that answers.
+    pub fn url_from(&self, first: usize, path_and_query: &str) -> String {
+        let n = self.members.len();
+        let endpoints: Vec<String> = (0..n).map(|k| self.endpoint((first + k) % n)).collect();
+        format!("etcd://{}{path_and_query}", endpoints.join(","))
+    }
+
+    /// A member's status, `None` when it does not answer.
+    pub fn status(&self, member: usize) -> Option<EtcdStatus> {
+        etcd_status(self.client_ports[member])
+    }
+
+    /// The last lines of a member's log.
+    pub fn log_tail(&self, member: usize) -> String {
+        self.members[member].log_tail()
+    }
+}
+
+#[async_trait]
+impl Cluster for EtcdCluster {
+    fn len(&self) -> usize {
+        self.members.len()
+    }
+
+    fn url(&self, path_and_query: &str) -> String {
+        self.url_from(0, path_and_query)
+    }
+
+    async fn leader(&self) -> usize {
+        let deadline = Instant::now() + QUORUM_DEADLINE;
+        loop {
+            let statuses: Vec<Option<EtcdStatus>> =
+                (0..self.len()).map(|i| self.status(i)).collect();
+            let answering: Vec<EtcdStatus> = statuses.iter().flatten().copied().collect();
+            if let Some(first) = answering.first() {
+                let agreed =
+                    first.leader != 0 && answering.iter().all(|s| s.leader == first.leader);
+                let leader = statuses
+                    .iter()
+                    .position(|s| s.is_some_and(|s| s.member_id == first.leader));
+                if let (true, Some(leader)) = (agreed, leader) {
+                    return leader;
+                }
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the etcd members did not agree on a leader within {QUORUM_DEADLINE:?}: \
+                 {statuses:?}"
+            );
+            sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    fn kill(&mut self, member: usize) {
+        self.members[member].kill();
+    }
+
+    async fn start_again(&mut self, member: usize) {
+        self.members[member].start_again().await;
+    }
+}
