@@ -1,6 +1,7 @@
-//! The real go-kratos in the loop: the kratos helloworld of `interop/kratos` (built by
-//! `scripts/kratos`, found through `REGISTRY_RS_KRATOS_BIN`) and ours, in the same registry,
-//! on every backend:
+//! The real go-kratos in the loop: the kratos helloworld of `interop/kratos` (kratos v2.8.3)
+//! and of `interop/kratos-v3` (kratos v3.0.0), built by `scripts/kratos` and found through
+//! `REGISTRY_RS_KRATOS_BIN` and `REGISTRY_RS_KRATOS_V3_BIN`, and ours, in the same registry,
+//! on every backend, for each kratos version:
 //!
 //! - a kratos server, our client through `discovery:///NAME`: HTTP and gRPC calls succeed;
 //!   when the Go server stops, our client reports that no instance is left;
@@ -19,10 +20,10 @@ use tokio::process::Child;
 const WITHIN: Duration = Duration::from_secs(30);
 const RUST: &str = env!("CARGO_BIN_EXE_helloworld");
 
-/// The kratos helloworld program; a test that cannot run it fails.
-fn kratos() -> String {
-    std::env::var("REGISTRY_RS_KRATOS_BIN").unwrap_or_else(|_| {
-        panic!("REGISTRY_RS_KRATOS_BIN is not set: run scripts/test, or `export REGISTRY_RS_KRATOS_BIN=$(scripts/kratos bin)`")
+/// The kratos helloworld program named by `variable`; a test that cannot run it fails.
+fn kratos(variable: &str) -> String {
+    std::env::var(variable).unwrap_or_else(|_| {
+        panic!("{variable} is not set: run scripts/test, or export REGISTRY_RS_KRATOS_BIN=$(scripts/kratos bin) REGISTRY_RS_KRATOS_V3_BIN=$(scripts/kratos bin v3)")
     })
 }
 
@@ -227,8 +228,7 @@ async fn served_by_each(lines: &mut OutputLines, what: &str, ids: [&str; 2]) {
 /// A kratos server, our client: what kratos wrote reads back through our API as the instance
 /// kratos meant; calls succeed; when the Go server stops, our client says no instance is
 /// left.
-async fn kratos_server_our_client(meeting: Meeting) {
-    let go = kratos();
+async fn kratos_server_our_client(go: String, meeting: Meeting) {
     let id = format!("go-{}", meeting.name);
     let server = Server::start_with(
         &go,
@@ -300,8 +300,7 @@ async fn reads_back(meeting: &Meeting, id: &str, endpoints: &[String; 2]) {
 
 /// Our server, a kratos client: calls succeed; when our server stops, kratos' client no
 /// longer reaches it.
-async fn our_server_kratos_client(meeting: Meeting) {
-    let go = kratos();
+async fn our_server_kratos_client(go: String, meeting: Meeting) {
     let id = format!("rust-{}", meeting.name);
     let server = Server::start(RUST, &meeting.rust, &meeting.name, &id).await;
     let (_client, mut calls) = client(&go, &meeting.go, &meeting.name);
@@ -319,8 +318,7 @@ async fn our_server_kratos_client(meeting: Meeting) {
 }
 
 /// A Go and a Rust server in one service: each side's balanced client reaches both.
-async fn both_servers_both_clients(meeting: Meeting) {
-    let go = kratos();
+async fn both_servers_both_clients(go: String, meeting: Meeting) {
     // Ids are unique per agent (Consul): named after the test's service.
     let ids = [
         format!("go-{}", meeting.name),
@@ -337,28 +335,41 @@ async fn both_servers_both_clients(meeting: Meeting) {
     go_server.stop().await;
 }
 
-macro_rules! backend {
-    ($backend:ident) => {
+macro_rules! scenarios {
+    ($variable:literal, $backend:ident) => {
         mod $backend {
+            use crate::*;
+
             #[tokio::test]
             async fn kratos_server_our_client() {
-                super::kratos_server_our_client(super::$backend()).await;
+                super::super::kratos_server_our_client(kratos($variable), $backend()).await;
             }
 
             #[tokio::test]
             async fn our_server_kratos_client() {
-                super::our_server_kratos_client(super::$backend()).await;
+                super::super::our_server_kratos_client(kratos($variable), $backend()).await;
             }
 
             #[tokio::test]
             async fn both_servers_both_clients() {
-                super::both_servers_both_clients(super::$backend()).await;
+                super::super::both_servers_both_clients(kratos($variable), $backend()).await;
             }
         }
     };
 }
 
-backend!(etcd);
-backend!(consul);
-backend!(zookeeper);
-backend!(nacos);
+/// kratos v2.8.3 (`interop/kratos`).
+mod v2 {
+    scenarios!("REGISTRY_RS_KRATOS_BIN", etcd);
+    scenarios!("REGISTRY_RS_KRATOS_BIN", consul);
+    scenarios!("REGISTRY_RS_KRATOS_BIN", zookeeper);
+    scenarios!("REGISTRY_RS_KRATOS_BIN", nacos);
+}
+
+/// kratos v3.0.0 (`interop/kratos-v3`).
+mod v3 {
+    scenarios!("REGISTRY_RS_KRATOS_V3_BIN", etcd);
+    scenarios!("REGISTRY_RS_KRATOS_V3_BIN", consul);
+    scenarios!("REGISTRY_RS_KRATOS_V3_BIN", zookeeper);
+    scenarios!("REGISTRY_RS_KRATOS_V3_BIN", nacos);
+}
