@@ -92,6 +92,7 @@ impl EtcdRegistry {
             conn: conn.clone(),
             namespace: config.namespace.clone(),
             ttl: config.ttl,
+            request_timeout: config.request_timeout,
         };
         let hub = Watches::with_config(
             EtcdSource {

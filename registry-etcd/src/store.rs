@@ -18,6 +18,8 @@ pub(crate) struct EtcdStore {
     pub(crate) conn: Arc<Connection>,
     pub(crate) namespace: String,
     pub(crate) ttl: Duration,
+    /// How long a request may take (the URL's `timeout`), also a keep-alive's answer.
+    pub(crate) request_timeout: Duration,
 }
 
 impl EtcdStore {
@@ -97,12 +99,16 @@ impl Store for EtcdStore {
                 if let Err(e) = keeper.send().await {
                     return (lost(format!("keep-alive send: {e}")), true);
                 }
-                match tokio::time::timeout(self.ttl, keeper.message()).await {
+                // A member that does not answer within a request's time hangs (or is cut off):
+                // fail over while the lease still lives. Waiting up to the TTL let the lease
+                // expire whenever the member in use hung, though the others had a quorum.
+                let within = self.request_timeout.min(self.ttl);
+                match tokio::time::timeout(within, keeper.message()).await {
                     Ok(Ok(Some(resp))) if resp.ttl > 0 => {}
                     Ok(Ok(Some(_))) => return (lost(format!("lease {lease:x} expired")), false),
                     Ok(Ok(None)) => return (lost("keep-alive stream closed"), true),
                     Ok(Err(e)) => return (lost(format!("keep-alive: {e}")), true),
-                    Err(_) => return (lost("no keep-alive answer within the TTL"), true),
+                    Err(_) => return (lost("no keep-alive answer in time"), true),
                 }
                 match client.count(key.as_bytes()).await {
                     Ok(0) => return (lost(format!("key {key} was deleted")), false),
