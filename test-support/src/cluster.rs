@@ -46,6 +46,11 @@ pub trait Cluster: Send + Sync {
     /// Starts a killed member again with its data and waits until it serves in the cluster
     /// again (it follows a leader, or leads).
     async fn start_again(&mut self, member: usize);
+    /// Freezes a member (SIGSTOP): it keeps its sockets but answers nobody, clients nor
+    /// peers, as a host that hangs or drops off the network without closing anything.
+    fn pause(&mut self, member: usize);
+    /// Thaws a member frozen by [`pause`](Self::pause) (SIGCONT).
+    fn resume(&mut self, member: usize);
     /// Kills a member and starts it again with its data, as [`start_again`](Self::start_again).
     async fn restart(&mut self, member: usize) {
         self.kill(member);
@@ -228,24 +233,39 @@ pub const CLUSTER_SLACK: Duration = Duration::from_secs(10);
 /// How many registrations a [`FaultCase`] holds through the fault.
 pub const INSTANCES: usize = 3;
 
-/// One cluster fault case: an owner holding [`INSTANCES`] registrations of `svc` and a
-/// watcher (through another client) created before the fault. The test does the fault
-/// between [`fault_begins`](Self::fault_begins) and [`fault_ends`](Self::fault_ends), then
-/// [`check`](Self::check)s the outcome.
+/// One cluster fault case: an owner holding [`INSTANCES`] registrations of [`SERVICE`] and
+/// a watcher of it (through another client) created before the fault, and a second watcher
+/// through that client, of [`CHANGES`], where a change is made after the fault. The test
+/// does the fault between [`fault_begins`](Self::fault_begins) and
+/// [`fault_ends`](Self::fault_ends), then [`check`](Self::check)s the outcome.
 pub struct FaultCase<R> {
     label: String,
     owner: R,
     watching: R,
     log: WatchLog,
+    changes: WatchLog,
     truth: Vec<ServiceInstance>,
     expiry: Duration,
     backoff: Duration,
     began: Option<Instant>,
     ended: Option<Instant>,
+    holder: Option<Holder<R>>,
+}
+
+/// What holds the owner's registrations in the registry (an etcd lease, a ZooKeeper
+/// session): its name, how to read it from the owner, and what it was before the fault.
+struct Holder<R> {
+    what: &'static str,
+    read: fn(&R, &ServiceInstance) -> Option<i64>,
+    before: Vec<Option<i64>>,
 }
 
 /// The service a [`FaultCase`] registers.
 pub const SERVICE: &str = "svc";
+
+/// The service a [`FaultCase`] changes after the fault, to time when changes reach the
+/// watching client again.
+pub const CHANGES: &str = "svc-changes";
 
 impl<R: Registry + 'static> FaultCase<R> {
     /// Registers the instances with `owner`, and starts a watcher through `watching` that
@@ -269,17 +289,47 @@ impl<R: Registry + 'static> FaultCase<R> {
         let watcher = watching.watch(SERVICE).await.expect("watch");
         let mut log = WatchLog::follow(watcher);
         log.reaches(&truth, crate::START_DEADLINE).await;
+        let mut changes = WatchLog::follow(watching.watch(CHANGES).await.expect("watch"));
+        changes.reaches(&[], crate::START_DEADLINE).await;
         FaultCase {
             label: label.to_owned(),
             owner,
             watching,
             log,
+            changes,
             truth,
             expiry,
             backoff,
             began: None,
             ended: None,
+            holder: None,
         }
+    }
+
+    /// Records what holds each registration now (`what`: `"lease"`, `"session"`; `read`
+    /// reads it from the owner), so that [`check`](Self::check) asserts that none lapsed
+    /// during the fault: left the registry and was written again under a new one.
+    pub fn held_by(
+        mut self,
+        what: &'static str,
+        read: fn(&R, &ServiceInstance) -> Option<i64>,
+    ) -> Self {
+        let before = self.truth.iter().map(|i| read(&self.owner, i)).collect();
+        self.holder = Some(Holder { what, read, before });
+        self
+    }
+
+    /// How many registrations lapsed during the fault (their holder changed), once the
+    /// owner reports them all registered.
+    fn lapsed(&self) -> Option<(&'static str, usize)> {
+        let holder = self.holder.as_ref()?;
+        let lapsed = self
+            .truth
+            .iter()
+            .zip(&holder.before)
+            .filter(|(i, before)| (holder.read)(&self.owner, i) != **before)
+            .count();
+        Some((holder.what, lapsed))
     }
 
     /// The owner of the registrations.
@@ -304,17 +354,21 @@ impl<R: Registry + 'static> FaultCase<R> {
 
     /// Asserts the final truth after the fault, and prints the time to converge:
     ///
-    /// - the watcher created before the fault lists every instance, and so does a client
-    ///   connected after the fault (`connect`, retried until it connects), exactly once
-    ///   each, and the owner reports every registration `Registered`;
+    /// - a change made after the fault (through a client connected after it: `connect`,
+    ///   retried until it connects) reaches the watching client within the expiry plus
+    ///   back-off (plus [`CLUSTER_SLACK`]) of the fault's end; a watching client whose server
+    ///   hangs may not know yet that it follows nothing;
+    /// - the watcher created before the fault lists every instance, and so does the fresh
+    ///   client, exactly once each, and the owner reports every registration `Registered`;
+    /// - with [`held_by`](Self::held_by), no registration lapsed: each is held by what held
+    ///   it before the fault (one member lost is a fault a cluster is there to hide);
     /// - it stays so for twice the expiry: every list the watcher delivers meanwhile is the
     ///   true one (a lease or session the fault left behind would expire within this);
-    /// - the watcher's last state change, into following the registry with the true list
-    ///   (its convergence: a watcher may learn of the fault's outage late, and tell of it and
-    ///   of the recovery without a list changing), came within the expiry plus back-off
-    ///   (plus [`CLUSTER_SLACK`]) of the fault's end;
-    /// - the watcher still follows: a change made by the fresh client shows in it, and so
-    ///   does its undoing.
+    /// - the watcher's last change of state, into following the registry with the true list
+    ///   (its convergence: it may learn of the fault's outage late, and tell of it and of the
+    ///   recovery without a list changing), came within the same bound;
+    /// - the watcher still follows: a change of its service shows in it, and so does its
+    ///   undoing.
     pub async fn check<F, Fut>(mut self, connect: F)
     where
         F: Fn() -> Fut,
@@ -326,12 +380,10 @@ impl<R: Registry + 'static> FaultCase<R> {
         let deadline = ended + within;
         let left = || deadline.saturating_duration_since(Instant::now());
         let label = self.label.clone();
+        let secs = |at: Instant| at.saturating_duration_since(ended).as_secs_f64();
 
-        // The watcher from before the fault lists the truth (it may not know of the fault
-        // yet).
-        self.log.reaches(&self.truth, left()).await;
-
-        // A fresh client.
+        // A fresh client makes a change, and lists the truth; the change reaches the
+        // watching client.
         let fresh = loop {
             match connect().await {
                 Ok(fresh) => break fresh,
@@ -344,8 +396,20 @@ impl<R: Registry + 'static> FaultCase<R> {
                 }
             }
         };
+        let change = instance(CHANGES, "after-the-fault");
+        crate::eventually(left(), "the fresh client registers", || async {
+            fresh.register(&change).await.is_ok()
+        })
+        .await;
+        let changed = Instant::now();
         lists(&fresh, SERVICE, &self.truth, left()).await;
         let fresh_listed = Instant::now();
+        let change_seen = self
+            .changes
+            .reaches(std::slice::from_ref(&change), left())
+            .await;
+        // The watcher from before the fault lists the truth.
+        self.log.reaches(&self.truth, left()).await;
         let listed = fresh.get_service(SERVICE).await.expect("list");
         let distinct: std::collections::BTreeSet<&str> = ids(&listed).into_iter().collect();
         assert_eq!(
@@ -355,7 +419,7 @@ impl<R: Registry + 'static> FaultCase<R> {
             ids(&listed)
         );
 
-        // The owner holds every registration.
+        // The owner holds every registration, by what held it before.
         let owner = &self.owner;
         let truth = &self.truth;
         crate::eventually(
@@ -371,6 +435,17 @@ impl<R: Registry + 'static> FaultCase<R> {
             },
         )
         .await;
+        let lapsed = self.lapsed();
+        if let Some((what, n)) = lapsed {
+            assert_eq!(
+                n,
+                0,
+                "{label}: {n} of {INSTANCES} registrations lapsed: each is held by a new \
+                 {what} (they left the registry for a while and were written again); the \
+                 watcher saw: {}",
+                describe_from(began, &self.log.events_since(began))
+            );
+        }
 
         // It stays so.
         let hold = self.expiry * 2;
@@ -385,7 +460,7 @@ impl<R: Registry + 'static> FaultCase<R> {
         assert!(
             moved.is_empty(),
             "{label}: the watcher left the true list within {hold:?} after listing it: {}",
-            describe(&self.log.events_since(began))
+            describe_from(began, &self.log.events_since(began))
         );
         assert_eq!(
             fresh.get_service(SERVICE).await.expect("list"),
@@ -400,8 +475,8 @@ impl<R: Registry + 'static> FaultCase<R> {
             converged <= deadline,
             "{label}: the watcher converged {:.2} s after the fault's end, later than \
              {within:?}: {}",
-            converged.duration_since(ended).as_secs_f64(),
-            describe(&during)
+            secs(converged),
+            describe_from(began, &during)
         );
         let outages = during
             .iter()
@@ -413,13 +488,20 @@ impl<R: Registry + 'static> FaultCase<R> {
             .count();
         println!(
             "[cluster] {label}: converged after {:.2} s (from the fault's end; {:.2} s from \
-             its start, the fault lasting {:.2} s); the watcher told {outages} outage(s) and \
-             delivered {short} list(s) short of an instance; a fresh client listed every \
-             instance {:.2} s after the fault's end",
-            converged.saturating_duration_since(ended).as_secs_f64(),
+             its start, the fault lasting {:.2} s): the watcher told {outages} outage(s) and \
+             delivered {short} list(s) short of an instance; a change made {:.2} s after the \
+             fault's end reached the watching client after {:.2} s; a fresh client listed \
+             every instance after {:.2} s; {}",
+            secs(converged),
             converged.saturating_duration_since(began).as_secs_f64(),
             ended.duration_since(began).as_secs_f64(),
-            fresh_listed.saturating_duration_since(ended).as_secs_f64(),
+            secs(changed),
+            secs(change_seen.max(changed)),
+            secs(fresh_listed),
+            match lapsed {
+                Some((what, _)) => format!("no registration lapsed (the same {what}s)"),
+                None => "lapses not checked".into(),
+            }
         );
         if !during.is_empty() {
             println!(

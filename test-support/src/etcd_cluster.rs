@@ -195,4 +195,12 @@ impl Cluster for EtcdCluster {
     async fn start_again(&mut self, member: usize) {
         self.members[member].start_again().await;
     }
+
+    fn pause(&mut self, member: usize) {
+        self.members[member].pause();
+    }
+
+    fn resume(&mut self, member: usize) {
+        self.members[member].resume();
+    }
 }

@@ -41,7 +41,7 @@ mod nacos;
 mod zookeeper;
 
 pub use cluster::{
-    describe, describe_from, one_cluster_at_a_time, Cluster, FaultCase, Seen, WatchLog,
+    describe, describe_from, one_cluster_at_a_time, Cluster, FaultCase, Seen, WatchLog, CHANGES,
     CLUSTER_SLACK, INSTANCES, QUORUM_DEADLINE, SERVICE,
 };
 pub use consul::ConsulAgent;

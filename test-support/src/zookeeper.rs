@@ -269,4 +269,12 @@ impl crate::Cluster for ZkEnsemble {
     async fn start_again(&mut self, member: usize) {
         self.members[member].start_again().await;
     }
+
+    fn pause(&mut self, member: usize) {
+        self.members[member].pause();
+    }
+
+    fn resume(&mut self, member: usize) {
+        self.members[member].resume();
+    }
 }
