@@ -32,7 +32,9 @@ async fn connect(url: &str) -> registry_core::Result<EtcdRegistry> {
 async fn prepare(label: &str, url: &str) -> FaultCase<EtcdRegistry> {
     let owner = connect(url).await.expect("connect the owner");
     let watching = connect(url).await.expect("connect the watching client");
-    FaultCase::prepare(label, owner, watching, TTL, BACKOFF).await
+    FaultCase::prepare(label, owner, watching, TTL, BACKOFF)
+        .await
+        .held_by("lease", EtcdRegistry::lease)
 }
 
 /// The leader dies; the clients' member (a follower, first in their URL) lives on: the
@@ -115,4 +117,29 @@ async fn a_rolling_restart() {
     case.fault_ends();
     println!("[cluster] {label}: {}", steps.join("; "));
     case.check(|| connect(&url)).await;
+}
+
+/// The member the clients use (first in their URL, a follower) freezes (SIGSTOP): it keeps
+/// its connections open and answers nothing, as a host that hangs or drops off the network.
+/// The clients must notice by themselves and fail over; the other two keep the quorum.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_clients_member_frozen() {
+    let _one = one_cluster_at_a_time().await;
+    support::init_logs();
+    let mut cluster = EtcdCluster::start(3).await;
+    let leader = cluster.leader().await;
+    let member = (leader + 1) % cluster.len();
+    let url = cluster.url_from(member, OPTIONS);
+    let label = "etcd, the clients' member frozen";
+    let mut case = prepare(label, &url).await;
+
+    case.fault_begins();
+    cluster.pause(member);
+    case.fault_ends();
+    println!(
+        "[cluster] {label}: member {member} (a follower, first in the clients' URL) frozen; \
+         member {leader} leads"
+    );
+    case.check(|| connect(&url)).await;
+    cluster.resume(member);
 }

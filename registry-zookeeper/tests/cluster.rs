@@ -36,7 +36,9 @@ async fn connect(url: &str) -> registry_core::Result<ZkRegistry> {
 async fn prepare(label: &str, url: &str) -> FaultCase<ZkRegistry> {
     let owner = connect(url).await.expect("connect the owner");
     let watching = connect(url).await.expect("connect the watching client");
-    FaultCase::prepare(label, owner, watching, SESSION, BACKOFF).await
+    FaultCase::prepare(label, owner, watching, SESSION, BACKOFF)
+        .await
+        .held_by("session", ZkRegistry::node_session)
 }
 
 /// The server `client`'s session is connected to, waiting for the servers to list it.
@@ -109,6 +111,38 @@ async fn the_owners_server_killed() {
         }
     );
     case.check(|| connect(&url)).await;
+}
+
+/// The server the owner is connected to freezes (SIGSTOP): it keeps its connections open
+/// and answers nothing, as a host that hangs or drops off the network. The owner must notice
+/// by itself (no answer to its pings) and move its session to another server before the
+/// session times out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_owners_server_frozen() {
+    let _one = one_cluster_at_a_time().await;
+    support::init_logs();
+    let mut ensemble = ZkEnsemble::start(3).await;
+    let url = ensemble.url(OPTIONS);
+    let label = "ZooKeeper, the owner's server frozen";
+    let mut case = prepare(label, &url).await;
+    let watcher_on = server_of(&ensemble, case.watching()).await;
+
+    let leader = ensemble.leader().await;
+    let server = server_of(&ensemble, case.owner()).await;
+    case.fault_begins();
+    ensemble.pause(server);
+    case.fault_ends();
+    println!(
+        "[cluster] {label}: server {server} (the owner's{}) frozen, the watcher on server \
+         {watcher_on}",
+        if server == leader {
+            ", the leader"
+        } else {
+            ", a follower"
+        }
+    );
+    case.check(|| connect(&url)).await;
+    ensemble.resume(server);
 }
 
 /// Every server restarted in turn, each serving again before the next goes: the clients
