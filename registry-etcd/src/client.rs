@@ -189,14 +189,19 @@ pub(crate) struct Listing {
     pub(crate) kvs: Vec<KeyValue>,
 }
 
+/// The largest answer the KV client decodes (gRPC's default is 4 MiB): big enough for pages
+/// of tens of thousands of instances, so that a big service lists in a few requests (etcd
+/// counts the whole rest of the range again for every page).
+const MAX_KV_MESSAGE: usize = 16 << 20;
+
 /// How many bytes of keys and values one page of a listing aims at.
-pub(crate) const PAGE_BYTES: usize = 2 << 20;
+pub(crate) const PAGE_BYTES: usize = 12 << 20;
 
 /// The keys asked for in the first page of a listing (about 400 KB of ordinary instances).
 const FIRST_PAGE: i64 = 2000;
 
 /// The most keys one page of a listing asks for.
-pub(crate) const MAX_PAGE: i64 = 10_000;
+pub(crate) const MAX_PAGE: i64 = 100_000;
 
 /// How many times a listing of the newest revision starts over when etcd compacts it away
 /// between two pages.
@@ -257,7 +262,7 @@ impl Client {
         };
         let svc = InterceptedService::new(channel, WithToken(token));
         Ok(Client {
-            kv: KvClient::new(svc.clone()),
+            kv: KvClient::new(svc.clone()).max_decoding_message_size(MAX_KV_MESSAGE),
             lease: LeaseClient::new(svc.clone()),
             watch: WatchClient::new(svc.clone()),
             maintenance: MaintenanceClient::new(svc),
@@ -288,8 +293,8 @@ impl Client {
     /// Reads every key starting with `prefix` at one revision — `revision`, or the newest
     /// when it is 0 — in pages: ranges of at most [`MAX_PAGE`] keys, each from the key after
     /// the last one read, all at the revision of the first page, sized to about
-    /// [`PAGE_BYTES`] from what the pages before held, so that no answer comes near the 4 MiB
-    /// a gRPC message may have (a page that still does is asked again, smaller). When etcd
+    /// [`PAGE_BYTES`] from what the pages before held, so that no answer comes near the
+    /// [`MAX_KV_MESSAGE`] the client decodes (a page that still does is asked again, smaller). When etcd
     /// compacts the newest revision away between two pages, the read starts over.
     pub(crate) async fn get_prefix(&self, prefix: &[u8], revision: i64) -> Result<Listing, Status> {
         let mut attempts = 0;
