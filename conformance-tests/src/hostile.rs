@@ -78,20 +78,24 @@ async fn refused(ctx: &Ctx, instance: &ServiceInstance, what: &str) {
 }
 
 /// 22a. A 64 KiB metadata value (unicode) round-trips; a backend whose server holds less
-///      ([`registry::MetadataLimits::value_bytes`], Consul: 512 bytes) refuses it with a
-///      typed error that writes nothing, and a value of exactly its limit round-trips.
+///      ([`registry::MetadataLimits::value_bytes`], Consul: 512 bytes;
+///      [`registry::MetadataLimits::total_chars`], Nacos: 1024 characters with its own keys)
+///      refuses it with a typed error that writes nothing, and a value of exactly its limit
+///      (half a total bound) round-trips.
 pub async fn big_metadata_value_round_trips(ctx: Arc<Ctx>) {
     const BIG: usize = 64 * 1024;
     let service = ctx.service("bigmeta");
     let mut instance = ctx.instance(&service, "big");
-    let limit = ctx.caps.metadata.value_bytes;
-    if limit < BIG {
+    let limits = ctx.caps.metadata;
+    let limit = limits.value_bytes;
+    if limit < BIG || limits.total_chars < BIG {
         instance.metadata.insert("big".into(), filled(BIG));
         refused(&ctx, &instance, "a 64 KiB value beyond the server's limit").await;
     }
-    instance
-        .metadata
-        .insert("big".into(), filled(BIG.min(limit)));
+    // A bound on the whole metadata counts the backend's own keys: half of it is left to the
+    // value (a byte count bounds the UTF-16 units of the same text).
+    let fits = BIG.min(limit).min(limits.total_chars / 2);
+    instance.metadata.insert("big".into(), filled(fits));
     round_trip(&ctx, &instance, "the largest metadata value").await;
 }
 

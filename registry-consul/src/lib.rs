@@ -151,6 +151,7 @@ impl Registry for ConsulRegistry {
                 entries: 64,
                 value_bytes: 512,
                 token_keys: true,
+                total_chars: usize::MAX,
             },
         }
     }

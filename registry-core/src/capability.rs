@@ -58,6 +58,7 @@ pub struct Capabilities {
 /// let core = MetadataLimits::default();
 /// assert_eq!(core.value_bytes, validate::MAX_METADATA_BYTES);
 /// assert!(!core.token_keys);
+/// assert_eq!(core.total_chars, usize::MAX);
 /// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct MetadataLimits {
@@ -68,6 +69,10 @@ pub struct MetadataLimits {
     /// Keys are limited to ASCII letters, digits, `_` and `-` (Consul's rule), so a key with
     /// any other character (unicode, `.`) is refused.
     pub token_keys: bool,
+    /// The most characters (UTF-16 code units) of all keys and values together, counting the
+    /// keys the backend adds itself (Nacos: 1024 per endpoint), so an instance's own metadata
+    /// has somewhat less room; `usize::MAX` where only the bounds above apply.
+    pub total_chars: usize,
 }
 
 impl Default for MetadataLimits {
@@ -76,6 +81,7 @@ impl Default for MetadataLimits {
             entries: crate::validate::MAX_METADATA_ENTRIES,
             value_bytes: crate::validate::MAX_METADATA_BYTES,
             token_keys: false,
+            total_chars: usize::MAX,
         }
     }
 }
