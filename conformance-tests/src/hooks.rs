@@ -575,9 +575,14 @@ pub fn consul_write_foreign(
     .boxed()
 }
 
+/// The most characters of metadata keys and values Nacos (Java) holds by default.
+const NACOS_METADATA_CHARS: usize = 1024;
+
 /// Nacos: registers two persistent instances with the open API (`POST
 /// /nacos/v1/ns/instance`) in the name's `http` and `grpc` services: one with about 1 MiB of
-/// metadata, one whose `endpoint` metadata is not a URL; deletes them.
+/// metadata, one whose `endpoint` metadata is not a URL; deletes them. Nacos (Java) refuses
+/// persistent ones next to ours (then ephemeral ones) and more than 1024 characters of
+/// metadata (then only the second).
 pub fn nacos_write_foreign(
     url: String,
     service: String,
@@ -610,32 +615,46 @@ pub fn nacos_write_foreign(
             ),
         ];
         let client = reqwest::Client::new();
+        let mut written = 0;
         for (nacos_service, ip, port, metadata) in &foreign {
             let metadata = metadata.to_string();
-            let mut form = vec![
-                ("serviceName", nacos_service.as_str()),
-                ("groupName", group.as_str()),
-                ("namespaceId", namespace.as_str()),
-                ("clusterName", "DEFAULT"),
-                ("ip", ip),
-                ("port", port),
-                ("ephemeral", "false"),
-            ];
-            let request = if remove {
-                client
-                    .delete(format!("http://{authority}/nacos/v1/ns/instance"))
-                    .query(&form)
-            } else {
-                form.push(("metadata", metadata.as_str()));
-                client
-                    .post(format!("http://{authority}/nacos/v1/ns/instance"))
-                    .form(&form)
-            };
-            check(request.send().await)
-                .await
-                .map_err(|e| format!("{nacos_service} {ip}:{port}: {e}"))?;
+            // Nacos (Java) holds no persistent instance in a service that has ephemeral ones
+            // (ours): when it refuses one, an ephemeral one (gone within 30 s without
+            // heartbeats). It holds at most 1024 characters of metadata, so nothing beyond
+            // the core's bounds: the big value is not written there.
+            let mut sent = Err(String::new());
+            for ephemeral in ["false", "true"] {
+                let mut form = vec![
+                    ("serviceName", nacos_service.as_str()),
+                    ("groupName", group.as_str()),
+                    ("namespaceId", namespace.as_str()),
+                    ("clusterName", "DEFAULT"),
+                    ("ip", ip),
+                    ("port", port),
+                    ("ephemeral", ephemeral),
+                ];
+                let request = if remove {
+                    client
+                        .delete(format!("http://{authority}/nacos/v1/ns/instance"))
+                        .query(&form)
+                } else {
+                    form.push(("metadata", metadata.as_str()));
+                    client
+                        .post(format!("http://{authority}/nacos/v1/ns/instance"))
+                        .form(&form)
+                };
+                sent = check(request.send().await).await;
+                if sent.is_ok() {
+                    break;
+                }
+            }
+            match sent {
+                Ok(_) => written += 1,
+                Err(_) if metadata.len() > NACOS_METADATA_CHARS => {}
+                Err(e) => return Err(format!("{nacos_service} {ip}:{port}: {e}")),
+            }
         }
-        Ok(foreign.len())
+        Ok(written)
     }
     .boxed()
 }

@@ -30,6 +30,21 @@ const DIGEST: &str = "instance_digest";
 /// Metadata keys this backend writes; an instance may not carry them itself.
 pub(crate) const RESERVED: [&str; 7] = [KIND, VERSION, ID, ENDPOINT, INDEX, COUNT, DIGEST];
 
+/// The most characters (UTF-16 code units, Java's `String.length()`) the keys and values of
+/// one Nacos instance's metadata may have together: Nacos' default
+/// `nacos.naming.service.metadata.length` (`DefaultParamChecker.checkMetadataFormat`), the keys
+/// this backend adds included.
+pub(crate) const MAX_METADATA_CHARS: usize = 1024;
+
+/// The length Nacos counts of a metadata map (it leaves out blank keys and values; counting
+/// them keeps the bound on the safe side).
+fn metadata_chars(metadata: &HashMap<String, String>) -> usize {
+    metadata
+        .iter()
+        .map(|(k, v)| k.encode_utf16().count() + v.encode_utf16().count())
+        .sum()
+}
+
 /// The Nacos service of `name`'s endpoints with `scheme`.
 pub(crate) fn service_of(name: &str, scheme: &str) -> String {
     format!("{name}.{scheme}")
@@ -49,6 +64,15 @@ fn digest(text: &str) -> String {
 pub(crate) fn to_nacos(
     instance: &ServiceInstance,
     config: &Config,
+) -> Result<Vec<(String, NacosInstance)>> {
+    to_nacos_within(instance, config, MAX_METADATA_CHARS)
+}
+
+/// [`to_nacos`], with metadata of at most `max_chars` per Nacos instance.
+fn to_nacos_within(
+    instance: &ServiceInstance,
+    config: &Config,
+    max_chars: usize,
 ) -> Result<Vec<(String, NacosInstance)>> {
     instance.validate()?;
     if let Some(key) = RESERVED
@@ -95,7 +119,7 @@ pub(crate) fn to_nacos(
         None => config.weight,
     };
     let digest = digest(&instance.to_json());
-    Ok(endpoints
+    let parts: Vec<(String, NacosInstance)> = endpoints
         .iter()
         .enumerate()
         .map(|(index, endpoint)| {
@@ -122,7 +146,21 @@ pub(crate) fn to_nacos(
             };
             (service, nacos)
         })
-        .collect())
+        .collect();
+    if let Some((service, part)) = parts
+        .iter()
+        .find(|(_, part)| metadata_chars(&part.metadata) > max_chars)
+    {
+        return Err(Error::invalid(
+            "metadata",
+            format!("{} characters in {service}", metadata_chars(&part.metadata)),
+            format!(
+                "Nacos holds at most {max_chars} characters of metadata keys and values per \
+                 endpoint, those this backend adds (id, endpoint, digest, ...) included"
+            ),
+        ));
+    }
+    Ok(parts)
 }
 
 /// One Nacos instance, read back: a piece of one of our instances, or a whole kratos one.
@@ -433,8 +471,12 @@ mod properties {
     /// Writes `instance` as its Nacos instances, groups them by service as a listing of the
     /// name's services does, and rebuilds it: the first difference, or why it could not be
     /// written.
-    fn round_trip(instance: &ServiceInstance, config: &Config) -> Result<Option<String>, String> {
-        let parts = to_nacos(instance, config).map_err(|e| e.to_string())?;
+    fn round_trip(
+        instance: &ServiceInstance,
+        config: &Config,
+        max_chars: usize,
+    ) -> Result<Option<String>, String> {
+        let parts = to_nacos_within(instance, config, max_chars).map_err(|e| e.to_string())?;
         let mut services = Services::new();
         for (service, part) in parts {
             if let Some(refused) = server_refuses(&part) {
@@ -454,12 +496,38 @@ mod properties {
         #![proptest_config(strategy::config(256))]
 
         /// Every valid instance that Nacos holds comes back exactly (endpoints in order,
-        /// IPv6 hosts, unicode metadata, an empty version) from its Nacos instances.
+        /// IPv6 hosts, unicode metadata, an empty version) from its Nacos instances (the
+        /// metadata bound left out: a server can raise it).
         #[test]
         fn every_instance_nacos_holds_round_trips(Drawn(instance) in strategy::instance(&nacos())) {
             prop_assert!(instance.validate().is_ok(), "{:?}", instance.validate());
-            prop_assert_eq!(round_trip(&instance, &Config::default()), Ok(None));
+            prop_assert_eq!(round_trip(&instance, &Config::default(), usize::MAX), Ok(None));
         }
+    }
+
+    /// Nacos' bound on a part's metadata (keys and values, ours included, in UTF-16 units):
+    /// exactly at it is written, one character more is refused.
+    #[test]
+    fn metadata_up_to_nacos_bound_is_written() {
+        let mut instance = ServiceInstance::builder("svc", "id-1")
+            .endpoint("http://127.0.0.1:8080")
+            .build()
+            .expect("valid");
+        let config = Config::default();
+        instance.metadata.insert("big".into(), String::new());
+        let ours = metadata_chars(&to_nacos(&instance, &config).expect("fits")[0].1.metadata);
+        // '🚀' is two UTF-16 units, as Java counts it.
+        let room = MAX_METADATA_CHARS - ours;
+        instance
+            .metadata
+            .insert("big".into(), "🚀".repeat(room / 2) + &"x".repeat(room % 2));
+        let parts = to_nacos(&instance, &config).expect("exactly the bound");
+        assert_eq!(metadata_chars(&parts[0].1.metadata), MAX_METADATA_CHARS);
+        instance.metadata.get_mut("big").expect("set").push('x');
+        assert!(matches!(
+            to_nacos(&instance, &config),
+            Err(Error::InvalidInput { .. })
+        ));
     }
 
     proptest! {
@@ -474,7 +542,10 @@ mod properties {
                 Err(e) => prop_assert!(false, "refused with {e:?}, not InvalidInput"),
                 Ok(_) => {
                     prop_assert!(instance.validate().is_ok());
-                    prop_assert_eq!(round_trip(&instance, &Config::default()), Ok(None));
+                    prop_assert_eq!(
+                        round_trip(&instance, &Config::default(), MAX_METADATA_CHARS),
+                        Ok(None)
+                    );
                 }
             }
         }

@@ -10,8 +10,8 @@ use nacos_sdk::api::naming::NamingService;
 use registry_core::registration::Registrations;
 use registry_core::validate::validate_name;
 use registry_core::{
-    Capabilities, Checked, Discovery, Error, Registrar, RegistrationStatus, Registry, Result,
-    ServiceInstance, Watcher, Watches,
+    Capabilities, Checked, Discovery, Error, MetadataLimits, Registrar, RegistrationStatus,
+    Registry, Result, ServiceInstance, Watcher, Watches,
 };
 use tokio::sync::oneshot;
 
@@ -27,9 +27,8 @@ mod store;
 
 pub use config::{Config, DEFAULT_CLUSTER, DEFAULT_GROUP, DEFAULT_PORT, DEFAULT_WEIGHT};
 
-use crate::format::to_nacos;
 use crate::source::{instances_of, NacosSource};
-use crate::store::{deregister_parts, NacosStore, Written};
+use crate::store::{NacosStore, Parts};
 
 /// The URL scheme of this backend.
 pub const SCHEME: &str = "nacos";
@@ -75,12 +74,12 @@ impl NacosRegistry {
             reason,
         })?;
         let naming = client::connect(&config).await?;
-        let written = Written::default();
+        let parts = Parts::default();
         let (dropped, on_drop) = oneshot::channel();
         tokio::spawn(leave_on_drop(
             naming.clone(),
-            config.clone(),
-            written.clone(),
+            config.group.clone(),
+            parts.clone(),
             on_drop,
         ));
         let hub = Watches::with_config(
@@ -91,7 +90,7 @@ impl NacosRegistry {
             registrations: Registrations::new(NacosStore {
                 naming: naming.clone(),
                 config: config.clone(),
-                written,
+                parts,
             }),
             naming,
             config,
@@ -111,20 +110,12 @@ impl Drop for NacosRegistry {
 /// Started with the registry: once it is dropped, deregisters what it still has written.
 async fn leave_on_drop(
     naming: NamingService,
-    config: Config,
-    written: Written,
+    group: String,
+    parts: Parts,
     dropped: oneshot::Receiver<()>,
 ) {
     let _ = dropped.await;
-    let left: Vec<ServiceInstance> = store::lock(&written).drain().map(|(_, v)| v).collect();
-    for instance in left {
-        let Ok(parts) = to_nacos(&instance, &config) else {
-            continue;
-        };
-        if let Err(e) = deregister_parts(&naming, &config.group, &parts).await {
-            tracing::warn!(id = %instance.id, error = %e, "Nacos deregister after drop failed");
-        }
-    }
+    parts.clear(&naming, &group).await;
 }
 
 #[async_trait]
@@ -172,7 +163,11 @@ impl Registry for NacosRegistry {
             // nacos-sdk reconnects out of sight: a restart quicker than the watch's probe
             // (one second) is not told; the pushes after it keep the lists true.
             reports_every_outage: false,
-            metadata: Default::default(),
+            // Nacos' bound on one instance's metadata (checked before writing).
+            metadata: MetadataLimits {
+                total_chars: format::MAX_METADATA_CHARS,
+                ..MetadataLimits::default()
+            },
         }
     }
 

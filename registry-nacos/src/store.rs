@@ -1,7 +1,26 @@
 //! The Nacos primitives of the core's registration supervisor: an instance is one ephemeral
 //! Nacos instance per endpoint, alive while nacos-sdk's connection is.
+//!
+//! Nacos 2.x keeps ONE publish record per Nacos service and client connection: a second
+//! `registerInstance` of the same service replaces the first, `batchRegisterInstance`
+//! replaces the record with its whole list, and `deregisterInstance` removes the record. So
+//! the store keeps, per Nacos service, every part this handle has there ([`Parts`]), and each
+//! write or removal of one instance updates that set under the service's lock (the core writes
+//! different ids concurrently: two batches built at once would lose one instance) and sends
+//! the whole set with `batch_register_instance`. nacos-sdk's redo keeps that last batch per
+//! service and sends it again after a reconnect, so a reconnect restores the whole set.
+//!
+//! rnacos (the test server) does not keep one record: its batch registers or updates each
+//! instance of the list and removes none, and its `deregisterInstance` removes one address.
+//! The one sequence right on both servers, for a part dropped from the set: deregister it
+//! first (on Nacos this removes the whole record for a moment), then send the set left.
+//!
+//! A set that becomes empty is sent as an empty batch before the parts are deregistered:
+//! nacos-sdk's redo keeps a batch under its own key, which `deregister_instance` does not
+//! clear, and would register the last set again after a reconnect; the empty batch replaces
+//! it (Nacos accepts it; rnacos refuses it, and the redo then sends it once more and stops).
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -17,59 +36,132 @@ use crate::{source, Config, SCHEME};
 /// How often a registration checks that the server still lists it.
 const CHECK_EVERY: Duration = Duration::from_secs(3);
 
-/// What this registry has written, by (name, id): the value last written. Read when the
-/// registry is dropped, to take it all away (nacos-sdk's connection outlives the handle).
-pub(crate) type Written = Arc<Mutex<HashMap<(String, String), ServiceInstance>>>;
+/// What this handle has in one Nacos service: by (instance id, ip, port), the part and the
+/// order it was written in (two ids at one address are one Nacos instance: the last wins).
+type Set = BTreeMap<(String, String, i32), (u64, NacosInstance)>;
 
-pub(crate) fn lock(
-    written: &Written,
-) -> MutexGuard<'_, HashMap<(String, String), ServiceInstance>> {
-    written.lock().unwrap_or_else(|p| p.into_inner())
+/// Every Nacos service this handle has written to, each with its lock and its [`Set`]. Shared
+/// with the task that deregisters what is left once the registry is dropped (nacos-sdk's
+/// connection outlives the handle).
+#[derive(Default, Clone)]
+pub(crate) struct Parts {
+    services: Arc<Mutex<HashMap<String, Arc<tokio::sync::Mutex<Set>>>>>,
+    written: Arc<std::sync::atomic::AtomicU64>,
+}
+
+impl Parts {
+    fn services(&self) -> MutexGuard<'_, HashMap<String, Arc<tokio::sync::Mutex<Set>>>> {
+        self.services.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn of(&self, service: &str) -> Arc<tokio::sync::Mutex<Set>> {
+        self.services()
+            .entry(service.to_owned())
+            .or_default()
+            .clone()
+    }
+
+    /// Sets, in `services`, the parts of instance `id` to `parts` (none: removes them), and
+    /// sends each changed set to the server, one service at a time.
+    async fn put(
+        &self,
+        naming: &NamingService,
+        group: &str,
+        id: &str,
+        services: &BTreeSet<String>,
+        parts: &[(String, NacosInstance)],
+    ) -> Result<()> {
+        for service in services {
+            let set = self.of(service);
+            let mut set = set.lock().await;
+            let before = set.clone();
+            set.retain(|(part_id, _, _), _| part_id != id);
+            for (_, part) in parts.iter().filter(|(s, _)| s == service) {
+                let order = self
+                    .written
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                let key = (id.to_owned(), part.ip.clone(), part.port);
+                set.insert(key, (order, part.clone()));
+            }
+            // Recorded before the write: a handle dropped during it still takes it away.
+            send(naming, group, service, &before, &set).await?;
+        }
+        Ok(())
+    }
+
+    /// Takes every part away (the registry was dropped).
+    pub(crate) async fn clear(&self, naming: &NamingService, group: &str) {
+        let services: Vec<_> = self.services().drain().collect();
+        for (service, set) in services {
+            let mut set = set.lock().await;
+            let before = std::mem::take(&mut *set);
+            if let Err(e) = send(naming, group, &service, &before, &set).await {
+                tracing::warn!(%service, error = %e, "Nacos deregister after drop failed");
+            }
+        }
+    }
+}
+
+/// The Nacos instances of a set, one per address (the one written last).
+fn batch(set: &Set) -> Vec<NacosInstance> {
+    let mut by_address: BTreeMap<(&str, i32), &(u64, NacosInstance)> = BTreeMap::new();
+    for ((_, ip, port), entry) in set {
+        let slot = by_address.entry((ip.as_str(), *port)).or_insert(entry);
+        if entry.0 > slot.0 {
+            *slot = entry;
+        }
+    }
+    by_address.into_values().map(|(_, n)| n.clone()).collect()
+}
+
+/// Brings the server from `before` to `after` for this handle's record of `service`.
+async fn send(
+    naming: &NamingService,
+    group: &str,
+    service: &str,
+    before: &Set,
+    after: &Set,
+) -> Result<()> {
+    let kept: BTreeSet<(&str, i32)> = after.keys().map(|(_, ip, p)| (ip.as_str(), *p)).collect();
+    let mut dropped: Vec<&NacosInstance> = Vec::new();
+    for ((_, ip, port), (_, part)) in before {
+        if !kept.contains(&(ip.as_str(), *port))
+            && !dropped.iter().any(|d| &d.ip == ip && d.port == *port)
+        {
+            dropped.push(part);
+        }
+    }
+    let group = Some(group.to_owned());
+    let instances = batch(after);
+    if instances.is_empty() {
+        if dropped.is_empty() {
+            return Ok(());
+        }
+        // Replaces the redo's last batch (see the module's notes); rnacos refuses it.
+        let call = naming.batch_register_instance(service.to_owned(), group.clone(), Vec::new());
+        let _ = timed("deregister", REQUEST_TIMEOUT, call).await;
+    }
+    for part in dropped {
+        let call = naming.deregister_instance(service.to_owned(), group.clone(), part.clone());
+        timed("deregister", REQUEST_TIMEOUT, call).await?;
+    }
+    if !instances.is_empty() {
+        let call = naming.batch_register_instance(service.to_owned(), group, instances);
+        timed("register", REQUEST_TIMEOUT, call).await?;
+    }
+    Ok(())
+}
+
+/// The Nacos services of `parts`.
+fn services_of(parts: &[(String, NacosInstance)]) -> BTreeSet<String> {
+    parts.iter().map(|(service, _)| service.clone()).collect()
 }
 
 /// Registers instances through nacos-sdk's naming client.
 pub(crate) struct NacosStore {
     pub(crate) naming: NamingService,
     pub(crate) config: Config,
-    pub(crate) written: Written,
-}
-
-/// Registers every part of an instance.
-pub(crate) async fn register_parts(
-    naming: &NamingService,
-    group: &str,
-    parts: &[(String, NacosInstance)],
-) -> Result<()> {
-    each_part(naming, group, parts, true).await
-}
-
-/// Deregisters every part of an instance.
-pub(crate) async fn deregister_parts(
-    naming: &NamingService,
-    group: &str,
-    parts: &[(String, NacosInstance)],
-) -> Result<()> {
-    each_part(naming, group, parts, false).await
-}
-
-async fn each_part(
-    naming: &NamingService,
-    group: &str,
-    parts: &[(String, NacosInstance)],
-    register: bool,
-) -> Result<()> {
-    for (service, instance) in parts {
-        let (service, group, instance) =
-            (service.clone(), Some(group.to_owned()), instance.clone());
-        if register {
-            let call = naming.register_instance(service, group, instance);
-            timed("register", REQUEST_TIMEOUT, call).await?;
-        } else {
-            let call = naming.deregister_instance(service, group, instance);
-            timed("deregister", REQUEST_TIMEOUT, call).await?;
-        }
-    }
-    Ok(())
+    pub(crate) parts: Parts,
 }
 
 #[async_trait]
@@ -83,24 +175,15 @@ impl Store for NacosStore {
         held: Option<&ServiceInstance>,
     ) -> Result<ServiceInstance> {
         let parts = to_nacos(instance, &self.config)?;
-        let group = &self.config.group;
-        // Endpoints of the previous value that the new one no longer has go first; the others
-        // are registered again, which updates them.
-        if let Some(previous) = held {
-            let gone: Vec<_> = to_nacos(previous, &self.config)?
-                .into_iter()
-                .filter(|(service, old)| {
-                    !parts
-                        .iter()
-                        .any(|(s, new)| s == service && new.ip == old.ip && new.port == old.port)
-                })
-                .collect();
-            deregister_parts(&self.naming, group, &gone).await?;
+        let mut services = services_of(&parts);
+        // The services of the previous value lose what the new one no longer has there.
+        if let Some(Ok(previous)) = held.map(|held| to_nacos(held, &self.config)) {
+            services.extend(services_of(&previous));
         }
-        let key = (instance.name.clone(), instance.id.clone());
-        // Recorded before the write: a handle dropped during it still takes it away.
-        lock(&self.written).insert(key, instance.clone());
-        register_parts(&self.naming, group, &parts).await?;
+        let group = &self.config.group;
+        self.parts
+            .put(&self.naming, group, &instance.id, &services, &parts)
+            .await?;
         Ok(instance.clone())
     }
 
@@ -145,13 +228,17 @@ impl Store for NacosStore {
         instance: &ServiceInstance,
         lease: Option<&ServiceInstance>,
     ) -> Result<()> {
-        let registered = lease.unwrap_or(instance);
-        // What cannot be written cannot be there: nothing to remove.
-        if let Ok(parts) = to_nacos(registered, &self.config) {
-            deregister_parts(&self.naming, &self.config.group, &parts).await?;
+        let mut services = BTreeSet::new();
+        for value in [Some(instance), lease].into_iter().flatten() {
+            // What cannot be written cannot be there: nothing to remove.
+            if let Ok(parts) = to_nacos(value, &self.config) {
+                services.extend(services_of(&parts));
+            }
         }
-        lock(&self.written).remove(&(instance.name.clone(), instance.id.clone()));
-        Ok(())
+        let group = &self.config.group;
+        self.parts
+            .put(&self.naming, group, &instance.id, &services, &[])
+            .await
     }
 
     async fn contains(&self, name: &str, id: &str) -> Result<bool> {
