@@ -65,9 +65,13 @@ fn zookeeper() -> Meeting {
     }
 }
 
+/// rnacos on its usual port, or the Nacos at `REGISTRY_RS_NACOS_JAVA` (the real one, built and
+/// started by `scripts/nacos-java up 18848`; not in CI).
 fn nacos() -> Meeting {
     let id = run_id();
-    let url = format!("nacos://127.0.0.1:8848?namespace=kratos-{id}");
+    let address =
+        std::env::var("REGISTRY_RS_NACOS_JAVA").unwrap_or_else(|_| "127.0.0.1:8848".into());
+    let url = format!("nacos://{address}?namespace=kratos-{id}");
     Meeting {
         rust: url.clone(),
         go: url,
