@@ -133,18 +133,26 @@ async fn send(
     }
     let group = Some(group.to_owned());
     let instances = batch(after);
+    let nothing_dropped = dropped.is_empty();
+    let deregister = async {
+        for part in dropped {
+            let call = naming.deregister_instance(service.to_owned(), group.clone(), part.clone());
+            timed("deregister", REQUEST_TIMEOUT, call).await?;
+        }
+        Ok::<(), registry_core::Error>(())
+    };
     if instances.is_empty() {
-        if dropped.is_empty() {
+        if nothing_dropped {
             return Ok(());
         }
-        // Replaces the redo's last batch (see the module's notes); rnacos refuses it.
-        let call = naming.batch_register_instance(service.to_owned(), group.clone(), Vec::new());
-        let _ = timed("deregister", REQUEST_TIMEOUT, call).await;
+        // Replaces the redo's last batch (see the module's notes); rnacos refuses it. Sent
+        // with the deregister, not before it: both leave no record on Nacos, in either order.
+        let empty = naming.batch_register_instance(service.to_owned(), group.clone(), Vec::new());
+        let (_, deregistered) =
+            tokio::join!(timed("deregister", REQUEST_TIMEOUT, empty), deregister);
+        return deregistered;
     }
-    for part in dropped {
-        let call = naming.deregister_instance(service.to_owned(), group.clone(), part.clone());
-        timed("deregister", REQUEST_TIMEOUT, call).await?;
-    }
+    deregister.await?;
     if !instances.is_empty() {
         let call = naming.batch_register_instance(service.to_owned(), group, instances);
         timed("register", REQUEST_TIMEOUT, call).await?;
