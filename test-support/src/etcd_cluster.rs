@@ -82,7 +82,7 @@ impl EtcdCluster {
             .join(",");
         let token = format!("registry-test-{}", run_id());
         // Every member waits for a quorum before it is ready: start them all at once.
-        let starting: Vec<_> = (0..n)
+        let specs: Vec<_> = (0..n)
             .map(|i| {
                 let client_url = format!("http://127.0.0.1:{}", client_ports[i]);
                 let peer_url = format!("http://127.0.0.1:{}", peer_ports[i]);
@@ -113,16 +113,10 @@ impl EtcdCluster {
                         etcd_status(client_port).is_some_and(|s| s.leader != 0)
                     })),
                 };
-                tokio::spawn(ServerProcess::start(spec))
+                spec
             })
             .collect();
-        let mut members = Vec::with_capacity(n);
-        for started in starting {
-            match started.await {
-                Ok(member) => members.push(member),
-                Err(e) => std::panic::resume_unwind(e.into_panic()),
-            }
-        }
+        let members = ServerProcess::start_together(specs).await;
         EtcdCluster {
             members,
             client_ports,

@@ -135,6 +135,23 @@ impl ServerProcess {
         server
     }
 
+    /// Starts every spec at once and waits until all are ready: the members of a cluster,
+    /// each of which waits for a quorum before it is ready.
+    pub async fn start_together(specs: Vec<ServerSpec>) -> Vec<ServerProcess> {
+        let starting: Vec<_> = specs
+            .into_iter()
+            .map(|spec| tokio::spawn(ServerProcess::start(spec)))
+            .collect();
+        let mut members = Vec::with_capacity(starting.len());
+        for started in starting {
+            match started.await {
+                Ok(member) => members.push(member),
+                Err(e) => std::panic::resume_unwind(e.into_panic()),
+            }
+        }
+        members
+    }
+
     /// A directory for the test's own files, deleted with the server.
     pub fn dir(&self) -> &Path {
         self.dir.path()
@@ -453,6 +470,15 @@ pub async fn lines_match_all(
             other => panic!("{what}: {other:?}; last lines: {last:?}"),
         }
     }
+}
+
+/// Waits up to `within` for `child` to exit, and asserts that it exited successfully.
+pub async fn exits_successfully(child: &mut tokio::process::Child, within: Duration) {
+    let exit = timeout(within, child.wait())
+        .await
+        .expect("it exits after the signal")
+        .expect("wait");
+    assert!(exit.success(), "{exit:?}");
 }
 
 /// Sends SIGTERM to `child`.

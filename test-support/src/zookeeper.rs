@@ -8,7 +8,7 @@ use std::ffi::OsString;
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::ops::{Deref, DerefMut};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use crate::{free_port, Ready, ServerProcess, ServerSpec};
@@ -64,15 +64,7 @@ impl ZkServer {
                     data.display()
                 );
                 std::fs::write(&cfg, text).expect("write zoo.cfg");
-                let classpath = format!("{}:{}", dir.display(), jar.display());
-                [
-                    OsString::from("-Xmx256m"),
-                    "-cp".into(),
-                    classpath.into(),
-                    "org.apache.zookeeper.server.quorum.QuorumPeerMain".into(),
-                    cfg.into(),
-                ]
-                .to_vec()
+                java_args(dir, &jar, &cfg)
             }),
             ready: Ready::Probe(Box::new(move || answers(port))),
         };
@@ -156,7 +148,7 @@ impl ZkEnsemble {
             })
             .collect();
         // A server waits for a quorum before it serves: start them all at once.
-        let starting: Vec<_> = (0..n)
+        let specs: Vec<_> = (0..n)
             .map(|i| {
                 let port = client_ports[i];
                 let jar = jar.clone();
@@ -177,30 +169,16 @@ impl ZkEnsemble {
                             data.display()
                         );
                         std::fs::write(&cfg, text).expect("write zoo.cfg");
-                        let classpath = format!("{}:{}", dir.display(), jar.display());
-                        [
-                            OsString::from("-Xmx256m"),
-                            "-cp".into(),
-                            classpath.into(),
-                            "org.apache.zookeeper.server.quorum.QuorumPeerMain".into(),
-                            cfg.into(),
-                        ]
-                        .to_vec()
+                        java_args(dir, &jar, &cfg)
                     }),
                     ready: Ready::Probe(Box::new(move || {
                         zk_mode(port).is_some_and(|m| m == "leader" || m == "follower")
                     })),
                 };
-                tokio::spawn(ServerProcess::start(spec))
+                spec
             })
             .collect();
-        let mut members = Vec::with_capacity(n);
-        for started in starting {
-            match started.await {
-                Ok(member) => members.push(member),
-                Err(e) => std::panic::resume_unwind(e.into_panic()),
-            }
-        }
+        let members = ServerProcess::start_together(specs).await;
         ZkEnsemble {
             members,
             client_ports,
@@ -277,4 +255,16 @@ impl crate::Cluster for ZkEnsemble {
     fn resume(&mut self, member: usize) {
         self.members[member].resume();
     }
+}
+
+/// The JVM command of a ZooKeeper server: its directory (for the log configuration) and the
+/// jar on the classpath, and its config file.
+fn java_args(dir: &Path, jar: &Path, cfg: &Path) -> Vec<OsString> {
+    vec![
+        OsString::from("-Xmx256m"),
+        "-cp".into(),
+        format!("{}:{}", dir.display(), jar.display()).into(),
+        "org.apache.zookeeper.server.quorum.QuorumPeerMain".into(),
+        cfg.into(),
+    ]
 }
