@@ -14,7 +14,9 @@
 
 use std::time::Duration;
 
-use test_support::{lines_match_all, run_id, spawn_program, terminate, OutputLines};
+use test_support::{
+    exits_successfully, lines_match_all, run_id, spawn_program, terminate, OutputLines,
+};
 use tokio::process::Child;
 
 const WITHIN: Duration = Duration::from_secs(30);
@@ -156,11 +158,7 @@ impl Server {
             &[&|l: &str| l == "stopped"],
         )
         .await;
-        let exit = tokio::time::timeout(WITHIN, self.child.wait())
-            .await
-            .expect("it exits after SIGTERM")
-            .expect("wait");
-        assert!(exit.success(), "{exit:?}");
+        exits_successfully(&mut self.child, WITHIN).await;
     }
 }
 

@@ -4,7 +4,9 @@
 
 use std::time::Duration;
 
-use test_support::{interrupt, lines_match_all, run_id, spawn_program, terminate};
+use test_support::{
+    exits_successfully, interrupt, lines_match_all, run_id, spawn_program, terminate,
+};
 
 const WITHIN: Duration = Duration::from_secs(30);
 const BIN: &str = env!("CARGO_BIN_EXE_helloworld");
@@ -61,7 +63,7 @@ async fn server_and_client(url: &str) {
         &[&|l: &str| l == "stopped"],
     )
     .await;
-    exits_successfully(&mut server).await;
+    exits_successfully(&mut server, WITHIN).await;
     lines_match_all(
         &mut calls,
         WITHIN,
@@ -75,15 +77,7 @@ async fn server_and_client(url: &str) {
 
     // Ctrl-C stops the client.
     interrupt(&client);
-    exits_successfully(&mut client).await;
-}
-
-async fn exits_successfully(child: &mut tokio::process::Child) {
-    let exit = tokio::time::timeout(WITHIN, child.wait())
-        .await
-        .expect("it exits after the signal")
-        .expect("wait");
-    assert!(exit.success(), "{exit:?}");
+    exits_successfully(&mut client, WITHIN).await;
 }
 
 /// The README's first command: both sides in one process; Ctrl-C stops it (the server half
@@ -109,7 +103,7 @@ async fn memory_in_one_process_stops_on_ctrl_c() {
         &[&|l: &str| l == "stopped"],
     )
     .await;
-    exits_successfully(&mut both).await;
+    exits_successfully(&mut both, WITHIN).await;
 }
 
 #[tokio::test]
