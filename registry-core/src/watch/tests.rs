@@ -277,6 +277,12 @@ async fn the_first_list_has_a_deadline_and_a_permanent_error_fails_at_once() {
         matches!(err, Error::Unavailable { .. }),
         "the latest error: {err}"
     );
+    // A later `watch()` would otherwise join this upstream, and meet the refusal only on its
+    // next retry, after the back-off.
+    eventually("a failed watch leaves no upstream", || {
+        watches.upstreams() == 0
+    })
+    .await;
 
     script.down.store(false, Ordering::SeqCst);
     script.refuse.store(true, Ordering::SeqCst);
