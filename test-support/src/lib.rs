@@ -36,8 +36,11 @@ use tokio::time::{sleep, timeout, Instant};
 
 mod cluster;
 mod consul;
+pub mod consul_cluster;
 mod etcd_cluster;
 mod nacos;
+pub mod nacos_cluster;
+pub mod netns;
 mod zookeeper;
 
 pub use cluster::{

@@ -1,0 +1,1 @@
+//! An rnacos cluster of a test's own (its cluster mode).

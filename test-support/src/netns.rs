@@ -1,0 +1,1 @@
+//! Network namespaces of a test's own, for partitions.
