@@ -30,6 +30,7 @@
 //! | `consul` | `consul` | `consul://127.0.0.1:8500?ttl=10s` |
 //! | `zk` | `zookeeper` | `zk://127.0.0.1:2181/microservices?session_timeout=10s` |
 //! | `nacos` | `nacos` | `nacos://127.0.0.1:8848?namespace=public` |
+//! | `multi` | always on | `multi:etcd://127.0.0.1:2379/microservices\|consul://127.0.0.1:8500`: several registries as one ([`multi`]) |
 //!
 //! `full` enables every backend. [`connect`] answers a scheme whose feature is off with
 //! [`Error::FeatureDisabled`], naming the feature, and an unknown scheme with
@@ -40,6 +41,8 @@ use std::sync::Arc;
 use futures::future::BoxFuture;
 
 pub use registry_core::*;
+
+pub mod multi;
 
 /// The environment variable [`connect_from_env`] reads.
 pub const REGISTRY_URL_ENV: &str = "REGISTRY_URL";
@@ -91,12 +94,13 @@ fn backends() -> [Backend; 5] {
     ]
 }
 
-/// The schemes this build can connect to.
+/// The schemes this build can connect to (`multi`, the composite, included).
 pub fn schemes() -> Vec<&'static str> {
     backends()
         .into_iter()
         .filter(|b| b.connect.is_some())
         .map(|b| b.scheme)
+        .chain([multi::SCHEME])
         .collect()
 }
 
@@ -107,7 +111,19 @@ pub fn schemes() -> Vec<&'static str> {
 /// The registry returned refuses calls its backend does not support with
 /// [`Error::Unsupported`] (see [`Registry::capabilities`]): every backend's `connect` wraps
 /// it in [`Checked`].
+///
+/// A `multi:` URL names several registries as one, its members' URLs written as they are,
+/// separated by `|`: `multi:etcd://127.0.0.1:2379/microservices|consul://127.0.0.1:8500`
+/// (see [`multi`]).
 pub async fn connect(url: &str) -> Result<Arc<dyn Registry>> {
+    if multi::is_multi(url) {
+        return multi::connect(url).await;
+    }
+    connect_backend(url).await
+}
+
+/// [`connect`] for one backend (not a composite).
+pub(crate) async fn connect_backend(url: &str) -> Result<Arc<dyn Registry>> {
     let parsed = RegistryUrl::parse(url)?;
     let scheme = parsed.scheme();
     let Some(backend) = backends().into_iter().find(|b| b.scheme == scheme) else {
