@@ -3,13 +3,14 @@
 
 use std::ffi::OsString;
 use std::io::{Read, Write};
-use std::net::TcpStream;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpStream};
 use std::time::Duration;
 
 use async_trait::async_trait;
 use tokio::time::{sleep, Instant};
 
 use crate::cluster::{Cluster, QUORUM_DEADLINE};
+use crate::netns::Net;
 use crate::{free_port, run_id, server_program, Ready, ServerProcess, ServerSpec};
 
 /// What a member's `/v3/maintenance/status` says.
@@ -21,10 +22,16 @@ pub struct EtcdStatus {
     pub leader: u64,
 }
 
-/// Asks the member on `port` for its status through etcd's HTTP gateway (JSON). `None` when
-/// it does not answer.
+/// Asks the member on `127.0.0.1:port` for its status through etcd's HTTP gateway (JSON).
+/// `None` when it does not answer.
 pub fn etcd_status(port: u16) -> Option<EtcdStatus> {
-    let address = ([127, 0, 0, 1], port).into();
+    etcd_status_at(([127, 0, 0, 1], port).into())
+}
+
+/// Asks the member at `address` for its status, as [`etcd_status`].
+pub fn etcd_status_at(address: SocketAddr) -> Option<EtcdStatus> {
+    let port = address.port();
+    let host = address.ip();
     let mut stream = TcpStream::connect_timeout(&address, Duration::from_millis(300)).ok()?;
     stream.set_read_timeout(Some(Duration::from_secs(1))).ok()?;
     stream
@@ -32,7 +39,7 @@ pub fn etcd_status(port: u16) -> Option<EtcdStatus> {
         .ok()?;
     // HTTP/1.0: the answer is the body up to the end of the stream, never chunked.
     let request = format!(
-        "POST /v3/maintenance/status HTTP/1.0\r\nHost: 127.0.0.1:{port}\r\n\
+        "POST /v3/maintenance/status HTTP/1.0\r\nHost: {host}:{port}\r\n\
          Content-Type: application/json\r\nContent-Length: 2\r\n\r\n{{}}"
     );
     stream.write_all(request.as_bytes()).ok()?;
@@ -59,36 +66,73 @@ fn json_number(json: &str, key: &str) -> Option<u64> {
     digits.parse().ok()
 }
 
-/// An etcd cluster of a test's own: `n` members on 127.0.0.1, each on free client and peer
-/// ports, started together with `--initial-cluster`; each is ready once it follows a leader
-/// (or leads). Dropping the cluster kills every member and deletes its data.
+/// An etcd cluster of a test's own: `n` members, each on its own client and peer ports,
+/// started together with `--initial-cluster`; each is ready once it follows a leader (or
+/// leads). Dropping the cluster kills every member and deletes its data.
+///
+/// On loopback ([`start`](Self::start)) by default, or each member on a host of a [`Net`]
+/// ([`start_in`](Self::start_in)), where the network can be cut.
 pub struct EtcdCluster {
     members: Vec<ServerProcess>,
-    client_ports: Vec<u16>,
+    client_addresses: Vec<SocketAddr>,
 }
 
+/// Where a member runs: its address, client and peer ports, and the host of a [`Net`] it runs
+/// in, if any.
+type Place<'a> = (IpAddr, u16, u16, Option<(&'a Net, usize)>);
+
 impl EtcdCluster {
-    /// Starts `n` members together and waits until each follows a leader (or leads).
+    /// Starts `n` members together on 127.0.0.1, on free ports, and waits until each
+    /// follows a leader (or leads).
     pub async fn start(n: usize) -> EtcdCluster {
-        assert!(n > 0, "a cluster has one member at least");
+        let loopback = IpAddr::V4(Ipv4Addr::LOCALHOST);
+        let places = (0..n)
+            .map(|_| (loopback, free_port(), free_port(), None))
+            .collect();
+        Self::start_at(places).await
+    }
+
+    /// Starts a member on each of `hosts` of `net` (on etcd's usual ports, each host having
+    /// addresses of its own), together, and waits until each follows a leader. Member `i` is
+    /// on host `hosts[i]`. Call it from test code that runs in one of `net`'s hosts
+    /// ([`Net::run`]): the members are reached at their hosts' addresses.
+    pub async fn start_in(net: &Net, hosts: &[usize]) -> EtcdCluster {
+        let places = hosts
+            .iter()
+            .map(|&host| (net.address(host), 2379, 2380, Some((net, host))))
+            .collect();
+        Self::start_at(places).await
+    }
+
+    /// Starts a member at each place.
+    async fn start_at(places: Vec<Place<'_>>) -> EtcdCluster {
+        assert!(!places.is_empty(), "a cluster has one member at least");
         let program = server_program("etcd", "REGISTRY_RS_ETCD_BIN", "etcd/usr/bin/etcd");
-        let client_ports: Vec<u16> = (0..n).map(|_| free_port()).collect();
-        let peer_ports: Vec<u16> = (0..n).map(|_| free_port()).collect();
-        let initial_cluster = peer_ports
+        let client_addresses: Vec<SocketAddr> = places
+            .iter()
+            .map(|(ip, client, _, _)| SocketAddr::new(*ip, *client))
+            .collect();
+        let peer_addresses: Vec<SocketAddr> = places
+            .iter()
+            .map(|(ip, _, peer, _)| SocketAddr::new(*ip, *peer))
+            .collect();
+        let initial_cluster = peer_addresses
             .iter()
             .enumerate()
-            .map(|(i, port)| format!("m{i}=http://127.0.0.1:{port}"))
+            .map(|(i, address)| format!("m{i}=http://{address}"))
             .collect::<Vec<_>>()
             .join(",");
         let token = format!("registry-test-{}", run_id());
         // Every member waits for a quorum before it is ready: start them all at once.
-        let specs: Vec<_> = (0..n)
-            .map(|i| {
-                let client_url = format!("http://127.0.0.1:{}", client_ports[i]);
-                let peer_url = format!("http://127.0.0.1:{}", peer_ports[i]);
+        let specs: Vec<_> = places
+            .iter()
+            .enumerate()
+            .map(|(i, (_, _, _, host))| {
+                let client_url = format!("http://{}", client_addresses[i]);
+                let peer_url = format!("http://{}", peer_addresses[i]);
                 let initial_cluster = initial_cluster.clone();
                 let token = token.clone();
-                let client_port = client_ports[i];
+                let client_address = client_addresses[i];
                 let spec = ServerSpec {
                     program: program.clone(),
                     args: Box::new(move |data| {
@@ -110,22 +154,25 @@ impl EtcdCluster {
                         args
                     }),
                     ready: Ready::Probe(Box::new(move || {
-                        etcd_status(client_port).is_some_and(|s| s.leader != 0)
+                        etcd_status_at(client_address).is_some_and(|s| s.leader != 0)
                     })),
                 };
-                spec
+                match host {
+                    Some((net, host)) => net.spec(*host, spec),
+                    None => spec,
+                }
             })
             .collect();
         let members = ServerProcess::start_together(specs).await;
         EtcdCluster {
             members,
-            client_ports,
+            client_addresses,
         }
     }
 
-    /// `127.0.0.1:PORT` of a member's client endpoint.
+    /// `ADDRESS:PORT` of a member's client endpoint.
     pub fn endpoint(&self, member: usize) -> String {
-        format!("127.0.0.1:{}", self.client_ports[member])
+        self.client_addresses[member].to_string()
     }
 
     /// `etcd://` with every member, `first` first and the others in order after it, then
@@ -138,7 +185,7 @@ impl EtcdCluster {
 
     /// A member's status, `None` when it does not answer.
     pub fn status(&self, member: usize) -> Option<EtcdStatus> {
-        etcd_status(self.client_ports[member])
+        etcd_status_at(self.client_addresses[member])
     }
 
     /// The last lines of a member's log.

@@ -48,9 +48,11 @@ pub use cluster::{
     CLUSTER_SLACK, INSTANCES, QUORUM_DEADLINE, SERVICE,
 };
 pub use consul::ConsulAgent;
-pub use etcd_cluster::{etcd_status, EtcdCluster, EtcdStatus};
+pub use etcd_cluster::{etcd_status, etcd_status_at, EtcdCluster, EtcdStatus};
 pub use nacos::NacosServer;
-pub use zookeeper::{four_letter_word, zk_mode, ZkEnsemble, ZkServer};
+pub use zookeeper::{
+    four_letter_word, four_letter_word_at, zk_mode, zk_mode_at, ZkEnsemble, ZkServer,
+};
 
 /// How long a server gets to start answering.
 pub const START_DEADLINE: Duration = Duration::from_secs(60);

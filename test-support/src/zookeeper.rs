@@ -6,11 +6,12 @@
 
 use std::ffi::OsString;
 use std::io::{Read, Write};
-use std::net::TcpStream;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpStream};
 use std::ops::{Deref, DerefMut};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use crate::netns::Net;
 use crate::{free_port, Ready, ServerProcess, ServerSpec};
 
 /// ZooKeeper's jar: `REGISTRY_RS_ZK_JAR` (set by `scripts/test` from
@@ -103,7 +104,11 @@ crate::server_control_through_deref!(ZkServer);
 /// What a server answers to the four-letter word `word` (it must be in the whitelist of its
 /// `zoo.cfg`), `None` when it does not answer.
 pub fn four_letter_word(port: u16, word: &str) -> Option<String> {
-    let address = ([127, 0, 0, 1], port).into();
+    four_letter_word_at(([127, 0, 0, 1], port).into(), word)
+}
+
+/// What the server at `address` answers to `word`, as [`four_letter_word`].
+pub fn four_letter_word_at(address: SocketAddr, word: &str) -> Option<String> {
     let mut stream = TcpStream::connect_timeout(&address, Duration::from_millis(300)).ok()?;
     stream.set_read_timeout(Some(Duration::from_secs(1))).ok()?;
     stream.write_all(word.as_bytes()).ok()?;
@@ -115,42 +120,77 @@ pub fn four_letter_word(port: u16, word: &str) -> Option<String> {
 /// The role `srvr` reports: `leader`, `follower`, `standalone`; `None` while the server does
 /// not serve (no quorum) or does not answer.
 pub fn zk_mode(port: u16) -> Option<String> {
-    let answer = four_letter_word(port, "srvr")?;
+    zk_mode_at(([127, 0, 0, 1], port).into())
+}
+
+/// The role the server at `address` reports, as [`zk_mode`].
+pub fn zk_mode_at(address: SocketAddr) -> Option<String> {
+    let answer = four_letter_word_at(address, "srvr")?;
     answer
         .lines()
         .find_map(|line| line.strip_prefix("Mode: "))
         .map(|mode| mode.trim().to_owned())
 }
 
-/// A ZooKeeper ensemble of a test's own: `n` servers on 127.0.0.1 (tickTime 500 ms), each
-/// with its own client, quorum and election ports, `zoo.cfg` and `myid`; each is ready once
-/// it serves as leader or follower. They answer the four-letter words `ruok`, `srvr`, `cons`,
-/// `mntr` and `wchs`. Dropping the ensemble kills every server and deletes its data.
+/// A ZooKeeper ensemble of a test's own: `n` servers (tickTime 500 ms), each with its own
+/// client, quorum and election ports, `zoo.cfg` and `myid`; each is ready once it serves as
+/// leader or follower. They answer the four-letter words `ruok`, `srvr`, `cons`, `mntr` and
+/// `wchs`. Dropping the ensemble kills every server and deletes its data.
+///
+/// On 127.0.0.1 ([`start`](Self::start)), or each server on a host of a [`Net`]
+/// ([`start_in`](Self::start_in)), where the network can be cut.
 pub struct ZkEnsemble {
     members: Vec<ServerProcess>,
-    client_ports: Vec<u16>,
+    client_addresses: Vec<SocketAddr>,
 }
 
+/// Where a server of an ensemble runs: its address, client, quorum and election ports, and
+/// the host of a [`Net`] it runs in, if any.
+type Place<'a> = (IpAddr, [u16; 3], Option<(&'a Net, usize)>);
+
 impl ZkEnsemble {
-    /// Starts `n` servers together and waits until each serves (as leader or follower).
+    /// Starts `n` servers together on 127.0.0.1, on free ports, and waits until each serves
+    /// (as leader or follower).
     pub async fn start(n: usize) -> ZkEnsemble {
-        assert!(n > 0, "an ensemble has one server at least");
+        let loopback = IpAddr::V4(Ipv4Addr::LOCALHOST);
+        let places = (0..n)
+            .map(|_| (loopback, [free_port(), free_port(), free_port()], None))
+            .collect();
+        Self::start_at(places).await
+    }
+
+    /// Starts a server on each of `hosts` of `net` (on ZooKeeper's usual ports), together,
+    /// and waits until each serves. Server `i` is on host `hosts[i]`. Call it from test code
+    /// that runs in one of `net`'s hosts ([`Net::run`]).
+    pub async fn start_in(net: &Net, hosts: &[usize]) -> ZkEnsemble {
+        let places = hosts
+            .iter()
+            .map(|&host| (net.address(host), [2181, 2888, 3888], Some((net, host))))
+            .collect();
+        Self::start_at(places).await
+    }
+
+    async fn start_at(places: Vec<Place<'_>>) -> ZkEnsemble {
+        assert!(!places.is_empty(), "an ensemble has one server at least");
         let jar = zk_jar();
-        let client_ports: Vec<u16> = (0..n).map(|_| free_port()).collect();
-        let servers: String = (0..n)
-            .map(|i| {
-                format!(
-                    "server.{}=127.0.0.1:{}:{}\n",
-                    i + 1,
-                    free_port(),
-                    free_port()
-                )
+        let client_addresses: Vec<SocketAddr> = places
+            .iter()
+            .map(|(ip, [client, _, _], _)| SocketAddr::new(*ip, *client))
+            .collect();
+        let servers: String = places
+            .iter()
+            .enumerate()
+            .map(|(i, (ip, [_, quorum, election], _))| {
+                format!("server.{}={ip}:{quorum}:{election}\n", i + 1)
             })
             .collect();
         // A server waits for a quorum before it serves: start them all at once.
-        let specs: Vec<_> = (0..n)
-            .map(|i| {
-                let port = client_ports[i];
+        let specs: Vec<_> = places
+            .iter()
+            .enumerate()
+            .map(|(i, (ip, [port, _, _], host))| {
+                let (ip, port) = (*ip, *port);
+                let address = client_addresses[i];
                 let jar = jar.clone();
                 let servers = servers.clone();
                 let spec = ServerSpec {
@@ -163,7 +203,7 @@ impl ZkEnsemble {
                         let text = format!(
                             "tickTime=500\ninitLimit=10\nsyncLimit=5\n\
                              minSessionTimeout=1000\nmaxSessionTimeout=60000\n\
-                             dataDir={}\nclientPort={port}\nclientPortAddress=127.0.0.1\n\
+                             dataDir={}\nclientPort={port}\nclientPortAddress={ip}\n\
                              admin.enableServer=false\n\
                              4lw.commands.whitelist=ruok,srvr,cons,mntr,wchs\n{servers}",
                             data.display()
@@ -172,34 +212,38 @@ impl ZkEnsemble {
                         java_args(dir, &jar, &cfg)
                     }),
                     ready: Ready::Probe(Box::new(move || {
-                        zk_mode(port).is_some_and(|m| m == "leader" || m == "follower")
+                        zk_mode_at(address).is_some_and(|m| m == "leader" || m == "follower")
                     })),
                 };
-                spec
+                match host {
+                    Some((net, host)) => net.spec(*host, spec),
+                    None => spec,
+                }
             })
             .collect();
         let members = ServerProcess::start_together(specs).await;
         ZkEnsemble {
             members,
-            client_ports,
+            client_addresses,
         }
     }
 
-    /// `127.0.0.1:PORT` of a server's client port.
+    /// `ADDRESS:PORT` of a server's client port.
     pub fn address(&self, member: usize) -> String {
-        format!("127.0.0.1:{}", self.client_ports[member])
+        self.client_addresses[member].to_string()
     }
 
     /// The role of a server now (`leader`, `follower`), `None` when it does not serve.
     pub fn mode(&self, member: usize) -> Option<String> {
-        zk_mode(self.client_ports[member])
+        zk_mode_at(self.client_addresses[member])
     }
 
     /// The server a client's session (its id) is connected to now, by the servers' `cons`.
     pub fn member_holding(&self, session: i64) -> Option<usize> {
         let sid = format!("sid=0x{session:x},");
         (0..self.members.len()).find(|&i| {
-            four_letter_word(self.client_ports[i], "cons").is_some_and(|cons| cons.contains(&sid))
+            four_letter_word_at(self.client_addresses[i], "cons")
+                .is_some_and(|cons| cons.contains(&sid))
         })
     }
 
