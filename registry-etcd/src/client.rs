@@ -56,12 +56,23 @@ const TOKEN_HEADER: &str = "token";
 
 type Token = Arc<RwLock<Option<MetadataValue<Ascii>>>>;
 
-/// Adds the current auth token, if any, to each request.
+/// The header by which a request asks for a member that has a leader (etcd's
+/// `rpctypes.MetadataRequireLeaderKey`).
+const REQUIRE_LEADER_HEADER: &str = "hasleader";
+
+/// Adds the current auth token, if any, to each request, and asks for a member with a leader:
+/// a member cut off from its cluster's quorum then refuses a call at once (`Unavailable`,
+/// "no leader") instead of letting it wait for the request timeout, and ends the watches and
+/// keep-alives it serves within a few election timeouts, instead of keeping them open and
+/// silent; the client then moves to another member.
 #[derive(Clone)]
 pub(crate) struct WithToken(Token);
 
 impl tonic::service::Interceptor for WithToken {
     fn call(&mut self, mut request: Request<()>) -> Result<Request<()>, Status> {
+        request
+            .metadata_mut()
+            .insert(REQUIRE_LEADER_HEADER, MetadataValue::from_static("true"));
         let token = self.0.read().unwrap_or_else(|p| p.into_inner()).clone();
         if let Some(token) = token {
             request.metadata_mut().insert(TOKEN_HEADER, token);
