@@ -6,14 +6,16 @@
 //! before it: every instance listed exactly once, within the TTL plus back-off, and still so
 //! two TTLs later) and prints the time to converge.
 //!
-//! The cases run one at a time (three etcd processes each). A minority partition (the
-//! clients' member cut off from the other two, yet alive) needs network namespaces: not here.
+//! The cases run one at a time (three etcd processes each). The minority partition (the
+//! clients' member cut off from the other two, yet alive and reachable by the clients) runs
+//! in a network of its own (test-support's `Net`: a network namespace per host).
 
 mod support;
 
 use std::time::Duration;
 
 use registry_etcd::{Config, EtcdRegistry};
+use test_support::netns::Net;
 use test_support::{one_cluster_at_a_time, Cluster, EtcdCluster, FaultCase};
 
 /// The owner's lease TTL.
@@ -142,4 +144,38 @@ async fn the_clients_member_frozen() {
     );
     case.check(|| connect(&url)).await;
     cluster.resume(member);
+}
+
+/// The member the clients use (first in their URL, a follower) is cut off from the other two
+/// by a network partition, yet runs and stays reachable by the clients: a minority that
+/// cannot serve. The member notices that it lost its leader, refuses the clients' calls and
+/// ends their watches and keep-alives (they ask for a member with a leader), and the clients
+/// move to a member of the majority. The clients run on host 0 of a network of the test's
+/// own, the members on hosts 1 to 3.
+#[test]
+fn the_clients_member_cut_off() {
+    let net = Net::create(4);
+    let hosts = [1, 2, 3];
+    net.run(0, || async {
+        let _one = one_cluster_at_a_time().await;
+        support::init_logs();
+        let cluster = EtcdCluster::start_in(&net, &hosts).await;
+        let leader = cluster.leader().await;
+        let member = (leader + 1) % cluster.len();
+        let url = cluster.url_from(member, OPTIONS);
+        let label = "etcd, the clients' member cut off";
+        let mut case = prepare(label, &url).await;
+
+        case.fault_begins();
+        net.isolate(hosts[member], hosts);
+        case.fault_ends();
+        println!(
+            "[cluster] {label}: member {member} (a follower, first in the clients' URL) cut off \
+             from the other two; member {leader} leads the majority"
+        );
+        case.check(|| connect(&url)).await;
+        net.heal();
+        let leader_now = cluster.leader().await;
+        println!("[cluster] {label}: healed; member {leader_now} leads all three");
+    });
 }

@@ -9,15 +9,17 @@
 //!
 //! The client picks a server of the URL at random (zookeeper-client shuffles them), so the
 //! server a client is connected to is found from the servers' side: the one whose `cons`
-//! lists the client's session. The cases run one at a time (three JVMs each). A minority
-//! partition (the owner's server cut off from the other two, yet alive) needs network
-//! namespaces: not here.
+//! lists the client's session. The cases run one at a time (three JVMs each). The minority
+//! partition (the owner's server cut off from the other two, yet alive and reachable by the
+//! clients) runs in a network of its own (test-support's `Net`: a network namespace per
+//! host).
 
 mod support;
 
 use std::time::Duration;
 
 use registry_zookeeper::{Config, ZkRegistry};
+use test_support::netns::Net;
 use test_support::{eventually, one_cluster_at_a_time, Cluster, FaultCase, ZkEnsemble};
 
 /// The session timeout of every client: the owner's instances go this long after it is cut
@@ -181,4 +183,44 @@ async fn a_rolling_restart() {
     case.fault_ends();
     println!("[cluster] {label}: {}", steps.join("; "));
     case.check(|| connect(&url)).await;
+}
+
+/// The server the owner is connected to is cut off from the other two by a network
+/// partition, yet runs and stays reachable by the clients: a minority that cannot serve. It
+/// loses its quorum (a follower within `syncLimit` ticks, a leader within as long), closes
+/// its clients' connections and stops serving; the owner moves its session to a server of the
+/// majority before the session times out. The clients run on host 0 of a network of the
+/// test's own, the servers on hosts 1 to 3.
+#[test]
+fn the_owners_server_cut_off() {
+    let net = Net::create(4);
+    let hosts = [1, 2, 3];
+    net.run(0, || async {
+        let _one = one_cluster_at_a_time().await;
+        support::init_logs();
+        let ensemble = ZkEnsemble::start_in(&net, &hosts).await;
+        let url = ensemble.url(OPTIONS);
+        let label = "ZooKeeper, the owner's server cut off";
+        let mut case = prepare(label, &url).await;
+        let watcher_on = server_of(&ensemble, case.watching()).await;
+
+        let leader = ensemble.leader().await;
+        let server = server_of(&ensemble, case.owner()).await;
+        case.fault_begins();
+        net.isolate(hosts[server], hosts);
+        case.fault_ends();
+        println!(
+            "[cluster] {label}: server {server} (the owner's, {}) cut off from the other two, \
+             the watcher on server {watcher_on}",
+            if server == leader {
+                "the leader"
+            } else {
+                "a follower"
+            }
+        );
+        case.check(|| connect(&url)).await;
+        net.heal();
+        let leader_now = ensemble.leader().await;
+        println!("[cluster] {label}: healed; server {leader_now} leads all three");
+    });
 }
