@@ -52,6 +52,17 @@ fn main() {
         .delete_outside(hooks::nacos_delete)
         .upstream_count(hooks::nacos_subscribers)
         .write_foreign(hooks::nacos_write_foreign),
+        // The composite (registry::multi) of the shared etcd and Consul. Both members take
+        // the short TTL in the URL itself (`Ctx::short_ttl_url` would add it to the last
+        // member only), so every case runs with it.
+        Target::new("multi", |run| {
+            format!(
+                "multi:etcd://127.0.0.1:2379/conformance-{run}?ttl=2s\
+                 |consul://127.0.0.1:8500?deregister_after=1m&ttl=2s"
+            )
+        })
+        .ttl_param("")
+        .short_ttl(Duration::from_secs(2)),
     ];
     // The real Nacos (Java), where one runs: `scripts/nacos-java up 18848` builds Nacos 2.4.3
     // from its source (its server modules are not on Maven Central) and starts it; then
