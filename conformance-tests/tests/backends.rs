@@ -9,6 +9,9 @@
 use std::time::Duration;
 
 use conformance_tests::{hooks, Target};
+use futures::future::BoxFuture;
+use futures::FutureExt;
+use registry::ServiceInstance;
 
 fn main() {
     let mut targets = vec![
@@ -62,7 +65,9 @@ fn main() {
             )
         })
         .ttl_param("")
-        .short_ttl(Duration::from_secs(2)),
+        .short_ttl(Duration::from_secs(2))
+        .delete_outside(multi_delete)
+        .write_foreign(multi_write_foreign),
     ];
     // The real Nacos (Java), where one runs: `scripts/nacos-java up 18848` builds Nacos 2.4.3
     // from its source (its server modules are not on Maven Central) and starts it; then
@@ -83,4 +88,38 @@ fn main() {
         );
     }
     conformance_tests::run(Some(env!("CARGO_BIN_EXE_registry-owner")), targets)
+}
+
+/// The members of the multi target's URL: etcd's, then Consul's.
+fn multi_members(url: &str) -> Result<(String, String), String> {
+    let config = registry::multi::MultiConfig::from_url(url).map_err(|e| e.to_string())?;
+    match config.members.as_slice() {
+        [etcd, consul] => Ok((etcd.clone(), consul.clone())),
+        other => Err(format!("expected etcd and Consul members, got {other:?}")),
+    }
+}
+
+/// Deletes the instance from both members of the multi target, behind their backs.
+fn multi_delete(url: String, instance: ServiceInstance) -> BoxFuture<'static, Result<(), String>> {
+    async move {
+        let (etcd, consul) = multi_members(&url)?;
+        hooks::etcd_delete(etcd, instance.clone()).await?;
+        hooks::consul_delete(consul, instance).await
+    }
+    .boxed()
+}
+
+/// Writes (or removes) foreign values in both members of the multi target; how many.
+fn multi_write_foreign(
+    url: String,
+    service: String,
+    remove: bool,
+) -> BoxFuture<'static, Result<usize, String>> {
+    async move {
+        let (etcd, consul) = multi_members(&url)?;
+        let in_etcd = hooks::etcd_write_foreign(etcd, service.clone(), remove).await?;
+        let in_consul = hooks::consul_write_foreign(consul, service, remove).await?;
+        Ok(in_etcd + in_consul)
+    }
+    .boxed()
 }
