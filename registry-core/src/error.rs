@@ -157,6 +157,32 @@ fn shorten(value: String) -> String {
 }
 
 impl Error {
+    /// A short, stable name of the error's kind (`unavailable`, `timeout`,
+    /// `permission_denied`, ...), the `kind` label of the
+    /// [`ERRORS`](crate::telemetry::ERRORS) metric. A backend's own failures are `backend`
+    /// (temporary) or `backend_permanent`.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Error::InvalidInput { .. } => "invalid_input",
+            Error::InvalidUrl { .. } => "invalid_url",
+            Error::InvalidConfig { .. } => "invalid_config",
+            Error::UnknownScheme { .. } => "unknown_scheme",
+            Error::FeatureDisabled { .. } => "feature_disabled",
+            Error::Unsupported { .. } => "unsupported",
+            Error::Unavailable { .. } => "unavailable",
+            Error::Timeout { .. } => "timeout",
+            Error::PermissionDenied { .. } => "permission_denied",
+            Error::Conflict { .. } => "conflict",
+            Error::NotOwned { .. } => "not_owned",
+            Error::WatcherStopped => "watcher_stopped",
+            Error::Closed => "closed",
+            Error::Backend {
+                temporary: true, ..
+            } => "backend",
+            Error::Backend { .. } => "backend_permanent",
+        }
+    }
+
     /// Whether retrying the same call later may succeed: the registry was unreachable, slow,
     /// or reported a transient failure. Bad input, configuration errors and unsupported calls
     /// are permanent.

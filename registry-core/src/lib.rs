@@ -50,6 +50,7 @@ pub mod registration;
 mod registry;
 #[cfg(feature = "proptest")]
 pub mod strategy;
+pub mod telemetry;
 pub mod untrusted;
 pub mod validate;
 pub mod watch;

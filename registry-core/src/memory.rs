@@ -147,6 +147,10 @@ struct Reader {
 impl watching::Source for Reader {
     type Position = ();
 
+    fn backend(&self) -> &'static str {
+        "memory"
+    }
+
     async fn list(&self, name: &str) -> Result<(Vec<ServiceInstance>, ())> {
         Ok((self.store.list(name), ()))
     }
@@ -242,6 +246,10 @@ impl registration::Store for Writer {
 
     fn retry_cap(&self) -> Duration {
         Duration::from_millis(500)
+    }
+
+    fn backend(&self) -> &'static str {
+        "memory"
     }
 }
 

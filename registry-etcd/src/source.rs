@@ -189,6 +189,10 @@ impl EtcdSource {
 impl Source for EtcdSource {
     type Position = Position;
 
+    fn backend(&self) -> &'static str {
+        crate::SCHEME
+    }
+
     /// The instances decoded straight from the answer's values; the keys and values stay
     /// in the position as read, for a watch to build its view from.
     async fn list(&self, name: &str) -> Result<(Vec<ServiceInstance>, Position)> {

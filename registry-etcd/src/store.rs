@@ -159,6 +159,10 @@ impl Store for EtcdStore {
     fn retry_cap(&self) -> Duration {
         self.interval()
     }
+
+    fn backend(&self) -> &'static str {
+        crate::SCHEME
+    }
 }
 
 impl EtcdStore {

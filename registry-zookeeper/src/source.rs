@@ -189,6 +189,10 @@ impl Source for ZkSource {
     /// ZooKeeper has no position to resume from: after a failure the engine lists again.
     type Position = ();
 
+    fn backend(&self) -> &'static str {
+        crate::SCHEME
+    }
+
     async fn list(&self, name: &str) -> Result<(Vec<ServiceInstance>, ())> {
         let client = self.zk.client().await?;
         let instances = list(&self.zk, &client, &self.service_path(name), name).await?;

@@ -116,4 +116,8 @@ impl Store for ZkStore {
     fn retry_cap(&self) -> Duration {
         self.interval()
     }
+
+    fn backend(&self) -> &'static str {
+        crate::SCHEME
+    }
 }

@@ -13,6 +13,7 @@ use tokio::time::Instant;
 
 use super::{RegistrationState, RegistrationStatus, Store};
 use crate::validate::{validate_id, validate_name};
+use crate::telemetry::{self, StateGauge};
 use crate::{Backoff, Error, Result, ServiceInstance};
 
 /// The first pause before writing a lost registration again (jittered, doubling up to
@@ -276,6 +277,7 @@ impl<S: Store> Registrations<S> {
             commands: rx,
             queued: VecDeque::new(),
             state: state_tx,
+            gauge: StateGauge::new(self.store.backend()),
             lease: lease_tx,
         };
         let task = tokio::spawn(task.run()).abort_handle();
@@ -311,10 +313,23 @@ struct Task<S: Store> {
     /// Commands taken off the channel while deciding whether to end.
     queued: VecDeque<Command>,
     state: watch::Sender<RegistrationState>,
+    /// This registration's share of the registrations-by-state gauge.
+    gauge: StateGauge,
     lease: watch::Sender<Option<S::Lease>>,
 }
 
 impl<S: Store> Task<S> {
+    /// Moves the registration to `state`, for its followers and in the metrics.
+    fn set_state(&mut self, state: RegistrationState) {
+        self.gauge.set(&state);
+        self.state.send_replace(state);
+    }
+
+    /// Counts a failed call to the store.
+    fn failed(&self, operation: &'static str, error: &Error) {
+        telemetry::error(self.store.backend(), operation, error);
+    }
+
     /// Whether the task may end: no command is waiting. Removes its entry when so, under the
     /// same lock that callers send under, so that no command is ever left unanswered; called
     /// before the last command is answered, so that its caller finds the entry gone.
@@ -353,6 +368,7 @@ impl<S: Store> Task<S> {
     }
 
     async fn run(mut self) {
+        self.gauge.set(&RegistrationState::Pending);
         let cap = self.store.retry_cap().max(Duration::from_millis(10));
         let mut backoff = Backoff::new(FIRST_RETRY.min(cap), cap);
         let (service, id) = self.key.clone();
@@ -377,7 +393,11 @@ impl<S: Store> Task<S> {
                 Event::Command(None) => return,
                 Event::Command(Some(Command::Put(instance, ack))) => {
                     let lease = written.as_ref().map(|(_, lease)| lease);
-                    match self.store.write(&instance, lease).await {
+                    let result = self.store.write(&instance, lease).await;
+                    if let Err(error) = &result {
+                        self.failed("register", error);
+                    }
+                    match result {
                         Ok(lease) => {
                             holding = Some(self.hold(&instance, &lease));
                             held_since = Instant::now();
@@ -385,8 +405,9 @@ impl<S: Store> Task<S> {
                             written = Some((instance, lease));
                             if retrying.take().is_some() {
                                 tracing::info!(%service, %id, "registration restored");
+                                telemetry::reregistered(self.store.backend());
                             }
-                            self.state.send_replace(RegistrationState::Registered);
+                            self.set_state(RegistrationState::Registered);
                             let _ = ack.send(Ok(()));
                         }
                         Err(error) if written.is_none() && retrying.is_none() => {
@@ -397,7 +418,7 @@ impl<S: Store> Task<S> {
                             desired = None;
                             let ended = self.finish(false);
                             if ended {
-                                self.state.send_replace(RegistrationState::Deregistered);
+                                self.set_state(RegistrationState::Deregistered);
                             }
                             let _ = ack.send(Err(error));
                             if ended {
@@ -412,8 +433,7 @@ impl<S: Store> Task<S> {
                             holding = None;
                             self.lease.send_replace(None);
                             let attempt = retrying.as_ref().map_or(0, |r| r.attempt) + 1;
-                            self.state
-                                .send_replace(RegistrationState::Lost { attempt, error });
+                            self.set_state(RegistrationState::Lost { attempt, error });
                             retrying = Some(Retrying {
                                 at: Instant::now() + backoff.delay(),
                                 attempt,
@@ -433,7 +453,7 @@ impl<S: Store> Task<S> {
                         .or_else(|| desired.clone())
                     else {
                         // Nothing written (a first write failed): nothing to remove.
-                        self.state.send_replace(RegistrationState::Deregistered);
+                        self.set_state(RegistrationState::Deregistered);
                         let ended = self.finish(true);
                         let _ = ack.send(Ok(()));
                         if ended {
@@ -450,7 +470,7 @@ impl<S: Store> Task<S> {
                         Ok(()) => {
                             desired = None;
                             written = None;
-                            self.state.send_replace(RegistrationState::Deregistered);
+                            self.set_state(RegistrationState::Deregistered);
                             let ended = self.finish(true);
                             let _ = ack.send(Ok(()));
                             if ended {
@@ -458,6 +478,7 @@ impl<S: Store> Task<S> {
                             }
                         }
                         Err(error) => {
+                            self.failed("deregister", &error);
                             // Still ours, still kept: the caller may try again.
                             let _ = ack.send(Err(error));
                             match (&written, was_retrying) {
@@ -471,11 +492,11 @@ impl<S: Store> Task<S> {
                     }
                 }
                 Event::Lost(error) => {
+                    self.failed("keepalive", &error);
                     holding = None;
                     self.lease.send_replace(None);
                     tracing::warn!(%service, %id, %error, "registration lost; writing it again");
-                    self.state
-                        .send_replace(RegistrationState::Lost { attempt: 0, error });
+                    self.set_state(RegistrationState::Lost { attempt: 0, error });
                     // Lost soon after it was written: back off, so that the loop never spins.
                     let at = if held_since.elapsed() < cap {
                         Instant::now() + backoff.delay()
@@ -494,18 +515,19 @@ impl<S: Store> Task<S> {
                     match self.store.write(&instance, lease).await {
                         Ok(lease) => {
                             tracing::info!(%service, %id, "registration restored");
+                            telemetry::reregistered(self.store.backend());
                             holding = Some(self.hold(&instance, &lease));
                             held_since = Instant::now();
                             written = Some((instance, lease));
                             retrying = None;
-                            self.state.send_replace(RegistrationState::Registered);
+                            self.set_state(RegistrationState::Registered);
                         }
                         Err(error) => {
+                            self.failed("register", &error);
                             let attempt = retrying.as_ref().map_or(0, |r| r.attempt) + 1;
                             let delay = backoff.delay();
                             tracing::warn!(%service, %id, attempt, %error, retry_in = ?delay, "writing a lost registration failed");
-                            self.state
-                                .send_replace(RegistrationState::Lost { attempt, error });
+                            self.set_state(RegistrationState::Lost { attempt, error });
                             retrying = Some(Retrying {
                                 at: Instant::now() + delay,
                                 attempt,

@@ -11,9 +11,11 @@ use std::time::Duration;
 use futures::FutureExt;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
+use tokio::time::Instant;
 
 use super::source::{Source, Stop, Updates};
 use super::{Instances, WatchConfig, Watcher};
+use crate::telemetry::WatchGauges;
 use crate::{Backoff, Error, Result, ServiceInstance};
 
 /// What every watcher of one service sees: the newest list and the upstream's health.
@@ -29,15 +31,18 @@ pub(super) struct Snapshot {
     pub(super) outages: u64,
     /// The failure of the latest outage, kept after recovery.
     pub(super) last_error: Option<Error>,
+    /// When the current outage began (the upstream last heard from the registry then).
+    degraded_since: Option<Instant>,
 }
 
-/// The sending side of one service's snapshots.
+/// The sending side of one service's snapshots, and the service's watch metrics.
 #[derive(Clone)]
-pub(crate) struct Channel(Arc<watch::Sender<Snapshot>>);
+pub(crate) struct Channel(Arc<watch::Sender<Snapshot>>, WatchGauges);
 
 impl Channel {
-    fn new() -> Self {
-        Channel(Arc::new(watch::channel(Snapshot::default()).0))
+    fn new(gauges: WatchGauges) -> Self {
+        gauges.staleness.set(0.0);
+        Channel(Arc::new(watch::channel(Snapshot::default()).0), gauges)
     }
 
     /// Publishes a whole list (sorted by id here) and, with `healthy`, ends an outage, in one
@@ -47,13 +52,17 @@ impl Channel {
             list.sort_by(|a, b| a.id.cmp(&b.id));
             list
         });
+        let gauges = &self.1;
         self.0.send_if_modified(|s| {
             let mut changed = false;
             if healthy && s.degraded.take().is_some() {
+                s.degraded_since = None;
+                gauges.staleness.set(0.0);
                 changed = true;
             }
             if let Some(list) = list {
                 if s.instances.as_deref() != Some(list.as_slice()) {
+                    gauges.instances.set(list.len() as f64);
                     s.instances = Some(Instances::from(list));
                     s.version += 1;
                     changed = true;
@@ -65,6 +74,8 @@ impl Channel {
 
     /// Marks the watch degraded: watchers keep the last list and are told once per outage.
     fn degrade(&self, name: &str, error: Error) {
+        let gauges = &self.1;
+        crate::telemetry::error(gauges.backend, "watch", &error);
         self.0.send_if_modified(|s| {
             let first = s.degraded.is_none();
             if first {
@@ -73,6 +84,8 @@ impl Channel {
             } else {
                 tracing::debug!(service = %name, %error, "watch still degraded");
             }
+            let since = *s.degraded_since.get_or_insert_with(Instant::now);
+            gauges.staleness.set(since.elapsed().as_secs_f64());
             s.degraded = Some(error.clone());
             s.last_error = Some(error);
             // A first failure wakes watchers, and `watch()` calls waiting for a first list.
@@ -178,7 +191,8 @@ impl<S: Source> Watches<S> {
                     (u.channel.subscribe(), None)
                 }
                 _ => {
-                    let channel = Channel::new();
+                    let gauges = WatchGauges::new(self.shared.source.backend(), name);
+                    let channel = Channel::new(gauges);
                     let rx = channel.subscribe();
                     let upstream = Upstream {
                         channel: channel.clone(),

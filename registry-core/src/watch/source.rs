@@ -67,6 +67,12 @@ pub trait Source: Send + Sync + 'static {
     fn retry_cap(&self) -> Duration {
         Duration::from_secs(5)
     }
+
+    /// The backend's name (its URL scheme), the `backend` label of the core's
+    /// [metrics](crate::telemetry).
+    fn backend(&self) -> &'static str {
+        "unknown"
+    }
 }
 
 /// Where a [`Source::follow`] call hands its lists.
