@@ -10,12 +10,19 @@
 //!
 //! Only the URL changes between registries. `axum` serves the HTTP side, `tonic` the gRPC
 //! side; `registry-client` gives the client its balanced channel and HTTP picker.
+//!
+//! The server's HTTP side also serves `GET /metrics`: the registry's metrics (registrations
+//! by state, re-registrations, errors, watch staleness, watched instances; see
+//! `registry_core::telemetry`) in Prometheus' text format, from `metrics-exporter-prometheus`
+//! (the exporter of the `metrics` facade the core records through; only its recorder, no
+//! listener of its own: axum serves the page).
 
 use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use clap::{Parser, Subcommand};
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use registry::{Registry, ServiceInstance};
 use registry_client::{grpc_channel, shutdown_signal, App, HttpBalancer, Options, Strategy};
 
@@ -123,6 +130,18 @@ async fn http_say_hello(
 
 type Failure = Box<dyn std::error::Error + Send + Sync>;
 
+/// The Prometheus recorder's handle, rendered by `GET /metrics`.
+static METRICS: std::sync::OnceLock<Option<PrometheusHandle>> = std::sync::OnceLock::new();
+
+/// `GET /metrics`: every metric in Prometheus' text format.
+async fn metrics_page() -> String {
+    METRICS
+        .get()
+        .and_then(Option::as_ref)
+        .map(PrometheusHandle::render)
+        .unwrap_or_default()
+}
+
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
     let _ = tracing_subscriber::fmt()
@@ -133,6 +152,28 @@ async fn main() -> std::process::ExitCode {
         .with_writer(std::io::stderr)
         .try_init();
     let cli = Cli::parse();
+    let metrics = match PrometheusBuilder::new().install_recorder() {
+        Ok(handle) => {
+            registry::telemetry::describe();
+            Some(handle)
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "no metrics recorder; /metrics is empty");
+            None
+        }
+    };
+    if let Some(handle) = &metrics {
+        // The exporter's histograms need an upkeep now and then; the gauges and counters here
+        // do not, but a recorder left without it grows.
+        let handle = handle.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(Duration::from_secs(5)).await;
+                handle.run_upkeep();
+            }
+        });
+    }
+    let _ = METRICS.set(metrics);
     match run(cli).await {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
@@ -222,6 +263,7 @@ async fn serve(
     let mut stop = app.stop_signal();
     let router = axum::Router::new()
         .route("/helloworld/{name}", axum::routing::get(http_say_hello))
+        .route("/metrics", axum::routing::get(metrics_page))
         .with_state(greet.clone());
     let http_server = tokio::spawn(async move {
         let stopping = async move {
