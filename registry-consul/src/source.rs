@@ -20,6 +20,10 @@ pub(crate) struct ConsulSource {
 
 #[async_trait]
 impl Source for ConsulSource {
+    fn backend(&self) -> &'static str {
+        crate::SCHEME
+    }
+
     /// The `X-Consul-Index` of the read. After a failure the engine lists again (the
     /// default `resume`): an agent that restarted may count from a lower index.
     type Position = u64;

@@ -20,6 +20,10 @@ pub(crate) struct ConsulStore {
 
 #[async_trait]
 impl Store for ConsulStore {
+    fn backend(&self) -> &'static str {
+        crate::SCHEME
+    }
+
     /// The agent keeps the service; the check is named after the id.
     type Lease = ();
 

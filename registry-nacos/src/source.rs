@@ -340,6 +340,10 @@ impl NacosSource {
 
 #[async_trait]
 impl Source for NacosSource {
+    fn backend(&self) -> &'static str {
+        crate::SCHEME
+    }
+
     /// The Nacos services of the name found by the list (a follow subscribes to them too).
     type Position = Arc<BTreeSet<String>>;
 

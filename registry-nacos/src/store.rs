@@ -174,6 +174,10 @@ pub(crate) struct NacosStore {
 
 #[async_trait]
 impl Store for NacosStore {
+    fn backend(&self) -> &'static str {
+        crate::SCHEME
+    }
+
     /// The value written, whose parts are what is registered.
     type Lease = ServiceInstance;
 
