@@ -1,15 +1,19 @@
-//! helloworld's `/metrics` against an etcd of the test's own, through a fault: the metrics an
-//! operator reads move as the registry goes away and comes back. helloworld runs both sides
+//! helloworld's `/metrics` against a registry server of the test's own (each backend), through
+//! a fault: the metrics an operator reads move as the registry goes away and comes back, with
+//! the same names on every backend. helloworld runs both sides
 //! in one process (it registers, and its client watches the service); the test scrapes the
 //! Prometheus page its HTTP side serves.
 //!
 //! - Healthy: one registration `registered`, the watch lists one instance, staleness 0.
-//! - etcd killed: the registration is `lost`, errors are counted, the watch's staleness grows.
-//! - etcd back: `registered` again, one re-registration (at least) counted, staleness 0.
+//! - The server killed: the registration is `lost`, errors are counted, the watch's staleness
+//!   grows.
+//! - The server back: `registered` again, one re-registration (at least) counted, staleness 0.
 
 use std::time::Duration;
 
-use test_support::{run_id, spawn_program, terminate, EtcdServer, ServerControl};
+use test_support::{
+    run_id, spawn_program, terminate, ConsulAgent, EtcdServer, NacosServer, ServerControl, ZkServer,
+};
 
 const BIN: &str = env!("CARGO_BIN_EXE_helloworld");
 const WITHIN: Duration = Duration::from_secs(30);
@@ -61,12 +65,11 @@ async fn until(http: &reqwest::Client, url: &str, what: &str, check: impl Fn(&st
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_metrics_move_as_the_registry_goes_and_comes_back() {
-    let mut etcd = EtcdServer::start().await;
-    let url = format!("{}/metrics-test?ttl=2s&timeout=1s", etcd.url());
+/// Runs helloworld against `url` (a server of the test's own, `server`) and checks its
+/// metrics, labelled `backend`, through the server's death and return.
+async fn metrics_move(backend: &str, url: &str, server: &mut dyn ServerControl) {
     let name = format!("metrics{}", run_id());
-    let (server, mut lines) = spawn_program(BIN, &["--registry", &url, "--name", &name]);
+    let (helloworld, mut lines) = spawn_program(BIN, &["--registry", url, "--name", &name]);
     let address = tokio::time::timeout(WITHIN, async {
         loop {
             match lines.next_line().await {
@@ -92,9 +95,16 @@ async fn the_metrics_move_as_the_registry_goes_and_comes_back() {
         .timeout(Duration::from_secs(2))
         .build()
         .expect("an HTTP client");
-    let etcd_ = [("backend", "etcd")];
-    let state = |s| [("backend", "etcd"), ("state", s)];
-    let service = [("backend", "etcd"), ("service", name.as_str())];
+    let label = [("backend", backend)];
+    let state = |s| [("backend", backend), ("state", s)];
+    let service = [("backend", backend), ("service", name.as_str())];
+    let errors = |page: &str| -> f64 {
+        let backend = format!("backend=\"{backend}\"");
+        page.lines()
+            .filter(|l| l.starts_with("registry_errors_total{") && l.contains(&backend))
+            .filter_map(|l| l.rsplit_once(' ')?.1.parse::<f64>().ok())
+            .sum()
+    };
 
     until(&http, &page_url, "healthy", |page| {
         sample(page, "registry_registrations", &state("registered")) == Some(1.0)
@@ -103,39 +113,58 @@ async fn the_metrics_move_as_the_registry_goes_and_comes_back() {
     })
     .await;
     let page = scrape(&http, &page_url).await;
-    let errors_before: f64 = page
-        .lines()
-        .filter(|l| l.starts_with("registry_errors_total{") && l.contains("backend=\"etcd\""))
-        .filter_map(|l| l.rsplit_once(' ')?.1.parse::<f64>().ok())
-        .sum();
+    let errors_before = errors(&page);
     let reregistrations_before =
-        sample(&page, "registry_reregistrations_total", &etcd_).unwrap_or(0.0);
+        sample(&page, "registry_reregistrations_total", &label).unwrap_or(0.0);
 
-    etcd.stop().await;
-    until(&http, &page_url, "etcd gone", |page| {
-        let errors: f64 = page
-            .lines()
-            .filter(|l| l.starts_with("registry_errors_total{") && l.contains("backend=\"etcd\""))
-            .filter_map(|l| l.rsplit_once(' ')?.1.parse::<f64>().ok())
-            .sum();
+    server.stop().await;
+    until(&http, &page_url, "the server gone", |page| {
         sample(page, "registry_registrations", &state("lost")) == Some(1.0)
             && sample(page, "registry_registrations", &state("registered")) == Some(0.0)
-            && errors > errors_before
+            && errors(page) > errors_before
             && sample(page, "registry_watch_staleness_seconds", &service).is_some_and(|s| s > 0.0)
     })
     .await;
 
-    etcd.start().await;
-    until(&http, &page_url, "etcd back", |page| {
+    server.start().await;
+    until(&http, &page_url, "the server back", |page| {
         sample(page, "registry_registrations", &state("registered")) == Some(1.0)
             && sample(page, "registry_registrations", &state("lost")) == Some(0.0)
-            && sample(page, "registry_reregistrations_total", &etcd_)
+            && sample(page, "registry_reregistrations_total", &label)
                 .is_some_and(|n| n > reregistrations_before)
             && sample(page, "registry_watch_staleness_seconds", &service) == Some(0.0)
             && sample(page, "registry_watched_instances", &service) == Some(1.0)
     })
     .await;
 
-    terminate(&server);
+    terminate(&helloworld);
     drain.abort();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn etcd() {
+    let mut server = EtcdServer::start().await;
+    let url = format!("{}/metrics-test?ttl=2s&timeout=1s", server.url());
+    metrics_move("etcd", &url, &mut server).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn consul() {
+    let mut server = ConsulAgent::start().await;
+    let url = server.url("ttl=2s&timeout=1s");
+    metrics_move("consul", &url, &mut server).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn zookeeper() {
+    let mut server = ZkServer::start().await;
+    let url = server.url("/metrics-test?session_timeout=2s");
+    metrics_move("zk", &url, &mut server).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nacos() {
+    let mut server = NacosServer::start().await;
+    let url = server.url("");
+    metrics_move("nacos", &url, &mut server).await;
 }
