@@ -43,7 +43,10 @@ pub fn describe() {
         REREGISTRATIONS,
         "Registrations written again after they were lost."
     );
-    describe_counter!(ERRORS, "Failed calls to the registry, by operation and kind.");
+    describe_counter!(
+        ERRORS,
+        "Failed calls to the registry, by operation and kind."
+    );
     describe_gauge!(
         WATCH_STALENESS,
         Unit::Seconds,
@@ -122,5 +125,44 @@ impl WatchGauges {
             staleness: gauge!(WATCH_STALENESS, "backend" => backend, "service" => service.clone()),
             instances: gauge!(WATCHED_INSTANCES, "backend" => backend, "service" => service),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use metrics_exporter_prometheus::PrometheusBuilder;
+
+    use crate::{MemoryRegistry, Registrar, ServiceInstance};
+
+    /// `name{labels} value` in the page, for labels given in the order the page shows them.
+    fn line(page: &str, series: &str) -> Option<f64> {
+        page.lines()
+            .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+    }
+
+    // A registration counts under its state while its task lives, and under none once
+    // deregistered.
+    #[test]
+    fn registrations_count_by_state() {
+        let recorder = PrometheusBuilder::new().build_recorder();
+        let metrics = recorder.handle();
+        let registered = "registry_registrations{backend=\"memory\",state=\"registered\"}";
+        metrics::with_local_recorder(&recorder, || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("a runtime");
+            runtime.block_on(async {
+                let registry = MemoryRegistry::new();
+                let instance = ServiceInstance::builder("1", "svc")
+                    .endpoint("http://127.0.0.1:8000")
+                    .build()
+                    .expect("an instance");
+                registry.register(&instance).await.expect("register");
+                assert_eq!(line(&metrics.render(), registered), Some(1.0));
+                registry.deregister(&instance).await.expect("deregister");
+                assert_eq!(line(&metrics.render(), registered), Some(0.0));
+            });
+        });
     }
 }
