@@ -177,7 +177,7 @@ pub(crate) struct Fanout {
 type Answers = Vec<Option<oneshot::Receiver<Result<()>>>>;
 
 impl Fanout {
-    /// Sends `instance` to the link of each member that does not hold exactly it already,
+    /// Sends `instance` to the link of each member that was not sent exactly it last,
     /// starting links where there are none.
     fn send_put(&self, instance: &ServiceInstance) -> Result<Answers> {
         let key = (instance.name.clone(), instance.id.clone());
@@ -201,9 +201,9 @@ impl Fanout {
                 answers.push(None);
                 continue;
             };
-            let settled =
-                link.sent.as_ref() == Some(instance) && link.state.borrow().is_registered();
-            if settled {
+            // A link has what it was sent last: its member's handle keeps it (and writes it
+            // again), or the link retries it. Sending it again would change nothing.
+            if link.sent.as_ref() == Some(instance) {
                 answers.push(None);
                 continue;
             }
@@ -254,21 +254,18 @@ impl Fanout {
 
     /// Why not every member holds `key`, if one does not.
     fn lacking(&self, key: &Key) -> Option<Error> {
-        self.states(key)
+        self.members
             .iter()
-            .zip(self.members.iter())
-            .find_map(|(state, member)| match state {
-                Some(state) => state.borrow().problem(member),
-                None => Some(Error::Unavailable {
-                    message: format!("member {}: not written", member.url),
-                    source: None,
-                }),
-            })
+            .find_map(|member| self.holds(key, member).err())
     }
 
     /// Waits for the answers sent for, as [`gather`] does (every member, or the member
-    /// timeout after the first success); a member sent nothing counts as a success.
-    async fn answers(&self, answers: Answers) -> Vec<Option<Result<()>>> {
+    /// timeout after the first success). A member sent nothing answers `unsent`.
+    async fn answers(
+        &self,
+        answers: Answers,
+        unsent: impl Fn(&Member) -> Result<()>,
+    ) -> Vec<Option<Result<()>>> {
         let answers: Vec<Mutex<Option<oneshot::Receiver<Result<()>>>>> =
             answers.into_iter().map(Mutex::new).collect();
         gather(&self.members, self.member_timeout, |member| {
@@ -276,14 +273,39 @@ impl Fanout {
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
                 .take();
+            let unsent = match answer {
+                None => Some(unsent(&member)),
+                Some(_) => None,
+            };
             async move {
-                match answer {
-                    None => Ok(()),
-                    Some(answer) => answer.await.unwrap_or(Err(Error::Closed)),
+                match (answer, unsent) {
+                    (Some(answer), _) => answer.await.unwrap_or(Err(Error::Closed)),
+                    (None, Some(result)) => result,
+                    (None, None) => Ok(()),
                 }
             }
         })
         .await
+    }
+
+    /// A member not sent a value because its link has it: whether it holds it now.
+    fn holds(&self, key: &Key, member: &Member) -> Result<()> {
+        let state = self
+            .links
+            .lock()
+            .links
+            .get(&(member.index, key.clone()))
+            .map(|l| l.state.clone());
+        match state {
+            Some(state) => match state.borrow().problem(member) {
+                None => Ok(()),
+                Some(error) => Err(error),
+            },
+            None => Err(Error::Unavailable {
+                message: format!("member {}: not written", member.url),
+                source: None,
+            }),
+        }
     }
 }
 
@@ -312,7 +334,7 @@ impl Store for Fanout {
                 Some(error) => Err(error),
             };
         }
-        let answers = self.answers(sent).await;
+        let answers = self.answers(sent, |member| self.holds(&key, member)).await;
         let refused = answers
             .iter()
             .zip(self.members.iter())
@@ -323,7 +345,7 @@ impl Store for Fanout {
         if let Some(refusal) = refused {
             if let Some(previous) = held {
                 let back = self.send_put(previous)?;
-                self.answers(back).await;
+                self.answers(back, |_| Ok(())).await;
             }
             return Err(refusal);
         }
@@ -382,7 +404,8 @@ impl Store for Fanout {
         if sent.iter().all(Option::is_none) {
             return Ok(());
         }
-        let answers = self.answers(sent).await;
+        // A member whose link was gone has nothing of it.
+        let answers = self.answers(sent, |_| Ok(())).await;
         if answers.iter().any(|a| matches!(a, Some(Ok(())))) {
             return Ok(());
         }
