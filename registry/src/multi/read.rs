@@ -242,6 +242,10 @@ impl Source for Merge {
     fn retry_cap(&self) -> Duration {
         MEMBER_RETRY_CAP
     }
+
+    fn backend(&self) -> &'static str {
+        super::SCHEME
+    }
 }
 
 /// Follows `name` on one member for as long as the receiver lives, watching it again with

@@ -443,6 +443,10 @@ impl Store for Fanout {
     fn retry_cap(&self) -> Duration {
         STATE_RETRY_CAP
     }
+
+    fn backend(&self) -> &'static str {
+        super::SCHEME
+    }
 }
 
 fn spawn(map: &mut LinkMap, member: Arc<Member>, links: Weak<Links>, at: (usize, Key)) -> Link {
