@@ -1,19 +1,29 @@
 //! `registryctl`: list services and instances, watch a service, register an instance and hold
-//! it until Ctrl-C, or deregister one, in any registry named by a URL.
+//! it until Ctrl-C, or deregister one, in any registry named by a URL; and, for a migration
+//! from one registry to another, compare two registries (`diff`) and keep copies of one's
+//! instances in the other (`mirror`).
 //!
 //! ```text
 //! registryctl --registry etcd://127.0.0.1:2379 instances helloworld
 //! REGISTRY_URL=consul://127.0.0.1:8500 registryctl --json watch helloworld
 //! registryctl -r zk://127.0.0.1:2181 register --name helloworld --id 1 --endpoint grpc://127.0.0.1:9000
+//! registryctl diff etcd://127.0.0.1:2379/microservices consul://127.0.0.1:8500
+//! registryctl mirror etcd://127.0.0.1:2379/microservices consul://127.0.0.1:8500
 //! ```
 //!
-//! Built on `clap` (derive) for the command line; every backend is compiled in (`full`).
+//! Built on `clap` (derive) for the command line, `humantime` for its durations; every
+//! backend is compiled in (`full`).
 
 use std::collections::BTreeMap;
 use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 use registry::{Registry, ServiceInstance, WatchEvent};
+
+mod diff;
+mod mirror;
 
 /// List, watch, register and deregister service instances in any registry.
 #[derive(Debug, Parser)]
@@ -76,6 +86,38 @@ enum Command {
         #[arg(long)]
         id: String,
     },
+    /// Compare two registries: the instances one lists and the other does not, and those
+    /// both list with different values. Exit code 0 when they agree, 1 when they differ.
+    Diff {
+        /// The first registry's URL.
+        a: String,
+        /// The second registry's URL.
+        b: String,
+        /// Compare this service only (default: every service either names).
+        service: Option<String>,
+    },
+    /// Keep copies of one registry's instances in another for the time of a migration,
+    /// marked as copies (metadata registryctl-mirror), until Ctrl-C or SIGTERM removes them.
+    Mirror {
+        /// The registry copied from.
+        from: String,
+        /// The registry copied into.
+        to: String,
+        /// The services to mirror (default: every service of the source, listed again every
+        /// --rescan).
+        services: Vec<String>,
+        /// How long an instance is listed in the source before it is copied (a service that
+        /// registers in both, through a multi: URL, shows in the target first).
+        #[arg(long, default_value = "3s", value_parser = duration)]
+        grace: Duration,
+        /// How often the source's services are listed again.
+        #[arg(long, default_value = "10s", value_parser = duration)]
+        rescan: Duration,
+    },
+}
+
+fn duration(text: &str) -> Result<Duration, String> {
+    humantime::parse_duration(text).map_err(|e| format!("{text:?}: {e}"))
 }
 
 fn key_value(text: &str) -> Result<(String, String), String> {
@@ -95,7 +137,7 @@ async fn main() -> ExitCode {
         .try_init();
     let cli = Cli::parse();
     match run(cli).await {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(code) => code,
         Err(e) => {
             eprintln!("registryctl: {e}");
             if e.is_temporary() {
@@ -106,9 +148,44 @@ async fn main() -> ExitCode {
     }
 }
 
-async fn run(cli: Cli) -> registry::Result<()> {
+async fn run(cli: Cli) -> registry::Result<ExitCode> {
+    match cli.command {
+        Command::Diff { a, b, service } => {
+            let (first, second) = tokio::join!(registry::connect(&a), registry::connect(&b));
+            let (first, second) = (first?, second?);
+            let found = diff::diff(first.as_ref(), second.as_ref(), service.as_deref()).await?;
+            diff::print(&found, &shown(&a), &shown(&b), cli.json);
+            return Ok(if found.is_empty() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(1)
+            });
+        }
+        Command::Mirror {
+            from,
+            to,
+            services,
+            grace,
+            rescan,
+        } => {
+            let (source, target) = tokio::join!(registry::connect(&from), registry::connect(&to));
+            let (source, target): (Arc<dyn Registry>, Arc<dyn Registry>) = (source?, target?);
+            mirror::mirror(
+                source,
+                target,
+                (shown(&from), shown(&to)),
+                services,
+                mirror::Options { grace, rescan },
+                shutdown(),
+            )
+            .await?;
+            return Ok(ExitCode::SUCCESS);
+        }
+        _ => {}
+    }
     let registry = registry::connect(&cli.registry).await?;
     match cli.command {
+        Command::Diff { .. } | Command::Mirror { .. } => {}
         Command::Services => {
             let services = registry.list_services().await?;
             if cli.json {
@@ -138,7 +215,7 @@ async fn run(cli: Cli) -> registry::Result<()> {
                         WatchEvent::Recovered => eprintln!("-- {name}: following the registry again"),
                         _ => {}
                     },
-                    _ = shutdown() => return Ok(()),
+                    _ = shutdown() => return Ok(ExitCode::SUCCESS),
                 }
             }
         }
@@ -173,7 +250,19 @@ async fn run(cli: Cli) -> registry::Result<()> {
             println!("deregistered {} {}", instance.name, instance.id);
         }
     }
-    Ok(())
+    Ok(ExitCode::SUCCESS)
+}
+
+/// A registry URL as it may be shown: passwords and secret options redacted.
+fn shown(url: &str) -> String {
+    if registry::multi::is_multi(url) {
+        return registry::multi::MultiConfig::from_url(url)
+            .map(|c| c.redacted())
+            .unwrap_or_else(|_| "multi:…".into());
+    }
+    registry::RegistryUrl::parse(url)
+        .map(|u| u.redacted().to_owned())
+        .unwrap_or_else(|_| "(not shown)".into())
 }
 
 async fn deregister(registry: &dyn Registry, instance: &ServiceInstance) -> registry::Result<()> {

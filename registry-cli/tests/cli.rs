@@ -171,3 +171,233 @@ async fn clear_errors() {
     assert_eq!(code, 2, "{err}");
     assert!(err.contains("invalid name"), "{err}");
 }
+
+/// A handle on `url` for a test's own registrations.
+async fn handle(url: &str) -> std::sync::Arc<dyn registry::Registry> {
+    registry::connect(url)
+        .await
+        .unwrap_or_else(|e| panic!("connect {url}: {e} (is the server up? scripts/backends up)"))
+}
+
+fn member(service: &str, id: &str, version: &str) -> registry::ServiceInstance {
+    registry::ServiceInstance::builder(id, service)
+        .version(version)
+        .metadata("zone", "a")
+        .endpoint("http://127.0.0.1:18090")
+        .build()
+        .expect("valid")
+}
+
+/// Runs `diff` until its exit code is `code`, and returns its stdout.
+async fn diff_until(args: &[&str], code: i32, what: &str) -> String {
+    let deadline = Instant::now() + WITHIN;
+    loop {
+        let (got, stdout, stderr) = output(args).await;
+        if got == code {
+            return stdout;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{what}: exit {got}, wanted {code}: {stdout}{stderr}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// `diff` between etcd and Consul for one service, and between two etcd namespaces for
+/// every service: what only one lists, what differs; exit 1, then 0 once they agree.
+#[tokio::test]
+async fn diff_tells_what_differs() {
+    let run = run_id();
+    let service = format!("diff{run}");
+    let etcd = format!("etcd://127.0.0.1:2379/cli-diff-{run}");
+    let consul = "consul://127.0.0.1:8500?deregister_after=1m".to_owned();
+    let (in_etcd, in_consul) = (handle(&etcd).await, handle(&consul).await);
+    for i in ["i1", "i2", "i3"] {
+        in_etcd
+            .register(&member(&service, i, "v1"))
+            .await
+            .expect("register");
+    }
+    in_consul
+        .register(&member(&service, "i1", "v1"))
+        .await
+        .expect("register");
+    in_consul
+        .register(&member(&service, "i3", "v2"))
+        .await
+        .expect("register");
+    in_consul
+        .register(&member(&service, "i4", "v1"))
+        .await
+        .expect("register");
+
+    let args = ["diff", etcd.as_str(), consul.as_str(), service.as_str()];
+    let shown = diff_until(&args, 1, "the registries differ").await;
+    for line in [
+        format!("--- {etcd}"),
+        format!("+++ {consul}"),
+        format!("- {service} i2"),
+        format!("+ {service} i4"),
+        format!("~ {service} i3: version \"v1\" → \"v2\""),
+    ] {
+        assert!(shown.lines().any(|l| l == line), "{line:?} in:\n{shown}");
+    }
+    assert!(!shown.contains(" i1"), "i1 is alike in both:\n{shown}");
+    let (code, json, _) = output(&["--json", "diff", &etcd, &consul, &service]).await;
+    assert_eq!(code, 1);
+    let json: serde_json::Value = serde_json::from_str(json.trim()).expect("JSON");
+    assert_eq!(json["only_a"][0]["id"], "i2", "{json}");
+    assert_eq!(json["only_b"][0]["id"], "i4", "{json}");
+    assert_eq!(json["changed"][0]["b"]["version"], "v2", "{json}");
+    assert_eq!(json["same"], 1, "{json}");
+
+    in_etcd
+        .deregister(&member(&service, "i2", "v1"))
+        .await
+        .expect("deregister");
+    in_consul
+        .deregister(&member(&service, "i4", "v1"))
+        .await
+        .expect("deregister");
+    in_consul
+        .register(&member(&service, "i3", "v1"))
+        .await
+        .expect("update");
+    let shown = diff_until(&args, 0, "the registries agree").await;
+    assert!(shown.is_empty(), "nothing printed when they agree: {shown}");
+
+    // Every service of two etcd namespaces.
+    let other = format!("etcd://127.0.0.1:2379/cli-diff-other-{run}");
+    let in_other = handle(&other).await;
+    let all = ["diff", etcd.as_str(), other.as_str()];
+    let shown = diff_until(&all, 1, "a namespace with instances and an empty one").await;
+    assert!(shown.contains(&format!("- {service} i1")), "{shown}");
+    for i in ["i1", "i3"] {
+        in_other
+            .register(&member(&service, i, "v1"))
+            .await
+            .expect("register");
+    }
+    diff_until(&all, 0, "the namespaces agree").await;
+
+    let (code, _, err) = output(&["diff", &etcd, "redis://127.0.0.1:6379"]).await;
+    assert_eq!(code, 2, "a bad URL is an error, not a difference: {err}");
+    for h in [in_etcd, in_consul, in_other] {
+        h.close().await.expect("close");
+    }
+}
+
+/// `mirror` from etcd into Consul: copies carry the mark and follow their originals; an id
+/// Consul lists as its own is left alone; a mirror the other way copies nothing back; SIGTERM
+/// removes every copy and nothing else.
+#[tokio::test]
+async fn mirror_keeps_marked_copies_until_stopped() {
+    let run = run_id();
+    let service = format!("mirror{run}");
+    let etcd = format!("etcd://127.0.0.1:2379/cli-mirror-{run}");
+    let consul = "consul://127.0.0.1:8500?deregister_after=1m".to_owned();
+    let (in_etcd, in_consul) = (handle(&etcd).await, handle(&consul).await);
+    let m1 = member(&service, "m1", "v1");
+    let m2 = member(&service, "m2", "v1");
+    in_etcd.register(&m1).await.expect("register m1");
+    in_etcd.register(&m2).await.expect("register m2");
+    // m2 is registered in Consul by its own service too (as a multi: URL does).
+    in_consul
+        .register(&m2)
+        .await
+        .expect("register m2 in Consul");
+
+    let (mut mirror, mut said) = spawn_program(
+        BIN,
+        &["mirror", &etcd, &consul, &service, "--grace", "500ms"],
+    );
+    line_until(&mut said, "the mirror follows the service", |l| {
+        l == format!("following {service}")
+    })
+    .await;
+    line_until(&mut said, "m1 is copied", |l| {
+        l == format!("copied {service} m1")
+    })
+    .await;
+    let mut copy = m1.clone();
+    copy.metadata
+        .insert("registryctl-mirror".into(), etcd.clone());
+    test_support::lists(
+        in_consul.as_ref(),
+        &service,
+        &[copy.clone(), m2.clone()],
+        WITHIN,
+    )
+    .await;
+
+    // The copy follows its original.
+    let m1_v2 = member(&service, "m1", "v2");
+    in_etcd.register(&m1_v2).await.expect("update m1");
+    line_until(&mut said, "m1's copy is updated", |l| {
+        l == format!("updated {service} m1")
+    })
+    .await;
+    let m3 = member(&service, "m3", "v1");
+    in_etcd.register(&m3).await.expect("register m3");
+    line_until(&mut said, "m3 is copied", |l| {
+        l == format!("copied {service} m3")
+    })
+    .await;
+    in_etcd.deregister(&m3).await.expect("deregister m3");
+    line_until(&mut said, "m3's copy is removed", |l| {
+        l.starts_with(&format!("removed {service} m3"))
+    })
+    .await;
+    let mut copy = m1_v2.clone();
+    copy.metadata
+        .insert("registryctl-mirror".into(), etcd.clone());
+    test_support::lists(in_consul.as_ref(), &service, &[copy, m2.clone()], WITHIN).await;
+    let shown = diff_until(
+        &["diff", &etcd, &consul, &service],
+        0,
+        "a copy compares equal to its original",
+    )
+    .await;
+    assert!(shown.is_empty(), "{shown}");
+
+    // A mirror the other way copies nothing back: m1 in Consul is a copy, m2 is in etcd.
+    let (mut back, mut back_said) = spawn_program(
+        BIN,
+        &["mirror", &consul, &etcd, &service, "--grace", "200ms"],
+    );
+    line_until(&mut back_said, "the reverse mirror follows", |l| {
+        l == format!("following {service}")
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(1)).await; // five times its grace
+    terminate(&back);
+    let mut back_lines = Vec::new();
+    while let Ok(Ok(Some(line))) = timeout(WITHIN, back_said.next_line()).await {
+        back_lines.push(line);
+    }
+    assert_eq!(back_lines, ["removed 0 copies"], "nothing was copied back");
+    assert!(back.wait().await.expect("wait").success());
+
+    // SIGTERM: every copy goes, the service's own registration stays.
+    terminate(&mirror);
+    line_until(&mut said, "the mirror removes its copies", |l| {
+        l == "removed 1 copies"
+    })
+    .await;
+    let exit = timeout(WITHIN, mirror.wait())
+        .await
+        .expect("the mirror exits")
+        .expect("wait");
+    assert!(exit.success(), "{exit:?}");
+    test_support::lists(
+        in_consul.as_ref(),
+        &service,
+        std::slice::from_ref(&m2),
+        WITHIN,
+    )
+    .await;
+    for h in [in_etcd, in_consul] {
+        h.close().await.expect("close");
+    }
+}
