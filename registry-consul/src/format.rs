@@ -18,8 +18,15 @@
 //! the usual order (its first endpoint, then the rest in scheme order: kratos' `http` then
 //! `grpc` on one address, any single endpoint) is written without the tag, exactly as kratos
 //! writes it. The configured tags may not start with `version=` or `endpoints=`.
+//!
+//! One instance per id: Consul keys services by id per agent, so two agents (two hosts) may
+//! each hold one id, and both pass. A service moved to another host is listed there and,
+//! until the servers mark its old agent's node failed, on the old host too; and an agent
+//! that comes back with its data shows its old registrations as they were when it died,
+//! passing, until it syncs. The latest registration of an id (the highest `ModifyIndex`) is
+//! the instance read; the others are left out.
 
-use std::collections::BTreeMap;
+use std::collections::{btree_map, BTreeMap};
 
 use registry_core::{Endpoint, Error, Result, ServiceInstance};
 use serde::{Deserialize, Serialize};
@@ -216,6 +223,9 @@ impl HealthEntry {
 #[derive(Debug, Deserialize)]
 #[serde(rename_all = "PascalCase")]
 struct Node {
+    /// The node's name (its agent's).
+    #[serde(default)]
+    node: String,
     #[serde(default)]
     address: String,
 }
@@ -236,6 +246,50 @@ struct AgentService {
     port: u16,
     #[serde(default)]
     tagged_addresses: Option<BTreeMap<String, TaggedAddress>>,
+    /// The raft index of the registration's last write.
+    #[serde(default)]
+    modify_index: u64,
+}
+
+impl HealthEntry {
+    fn node(&self) -> &str {
+        self.node.as_ref().map_or("", |n| n.node.as_str())
+    }
+
+    /// Whether this entry was written after `other` (the node's name decides between
+    /// writes of one index, which one registration request never makes for one id).
+    fn later_than(&self, other: &HealthEntry) -> bool {
+        (self.service.modify_index, self.node()) > (other.service.modify_index, other.node())
+    }
+}
+
+/// The instances of a health answer, one per id: of the entries of one id (held by several
+/// agents), the one written last; then each as [`from_consul`] reads it.
+pub(crate) fn instances(entries: Vec<HealthEntry>) -> Vec<ServiceInstance> {
+    let mut latest: BTreeMap<String, HealthEntry> = BTreeMap::new();
+    for entry in entries {
+        match latest.entry(entry.service.id.clone()) {
+            btree_map::Entry::Vacant(slot) => {
+                slot.insert(entry);
+            }
+            btree_map::Entry::Occupied(mut slot) => {
+                let older = if entry.later_than(slot.get()) {
+                    slot.insert(entry)
+                } else {
+                    entry
+                };
+                let kept = slot.get();
+                tracing::debug!(
+                    service = %kept.service.service,
+                    id = %kept.service.id,
+                    node = kept.node(),
+                    left_out = older.node(),
+                    "two agents hold this id: the registration written last is the instance"
+                );
+            }
+        }
+    }
+    latest.into_values().filter_map(from_consul).collect()
 }
 
 /// The instance an entry describes, or `None` (logged) when it is not a valid one.
@@ -690,5 +744,49 @@ mod properties {
         ] {
             assert_eq!(read(other), ["b://h:2", "a://h:1", "c://h:3"], "{other}");
         }
+    }
+
+    /// Two agents hold one id (a service moved to another host, its old agent not yet known
+    /// dead, or back with its old registrations): the registration written last is the
+    /// instance, whatever the order of the answer.
+    #[test]
+    fn one_instance_per_id_the_one_written_last() {
+        let entry = |node: &str, id: &str, host: &str, index: u64| {
+            json!({
+                "Node": {"Node": node, "Address": "127.0.0.1"},
+                "Service": {
+                    "ID": id, "Service": "s", "Tags": ["version=v1"],
+                    "Address": host, "Port": 9000, "ModifyIndex": index,
+                    "TaggedAddresses": {"grpc": {"Address": format!("grpc://{host}:9000"), "Port": 9000}},
+                }
+            })
+        };
+        let read = |entries: Vec<Value>| {
+            let entries: Vec<HealthEntry> = serde_json::from_value(Value::Array(entries)).unwrap();
+            instances(entries)
+                .into_iter()
+                .map(|i| (i.id, i.endpoints))
+                .collect::<Vec<_>>()
+        };
+        let old = entry("host-0", "i1", "10.0.0.1", 20);
+        let moved = entry("host-2", "i1", "10.0.0.3", 35);
+        let other = entry("host-0", "i2", "10.0.0.1", 21);
+        let expected = [
+            ("i1".to_owned(), vec!["grpc://10.0.0.3:9000".to_owned()]),
+            ("i2".to_owned(), vec!["grpc://10.0.0.1:9000".to_owned()]),
+        ];
+        assert_eq!(
+            read(vec![old.clone(), moved.clone(), other.clone()]),
+            expected
+        );
+        assert_eq!(
+            read(vec![moved.clone(), other.clone(), old.clone()]),
+            expected
+        );
+        // One index for both (never seen): the node's name decides, in any order.
+        let twin = entry("host-1", "i1", "10.0.0.2", 20);
+        let expected = [("i1".to_owned(), vec!["grpc://10.0.0.2:9000".to_owned()])];
+        assert_eq!(read(vec![old.clone(), twin.clone()]), expected);
+        assert_eq!(read(vec![twin, old]), expected);
     }
 }

@@ -6,14 +6,14 @@
 
 use registry_core::ServiceInstance;
 
-use crate::format::{from_consul, HealthEntry};
+use crate::format::{instances, HealthEntry};
 
 /// Decodes a body of `GET /v1/health/service/:name` as a watch or list does: the entries
-/// (an error when the body is not a JSON list of them), then the instance each describes,
-/// skipping those that are not valid instances.
+/// (an error when the body is not a JSON list of them), then the instance each describes
+/// (one per id: the entry written last), skipping those that are not valid instances.
 ///
 /// Not a stable API; for the fuzz targets only.
 pub fn health(body: &[u8]) -> Result<Vec<ServiceInstance>, serde_json::Error> {
     let entries: Vec<HealthEntry> = serde_json::from_slice(body)?;
-    Ok(entries.into_iter().filter_map(from_consul).collect())
+    Ok(instances(entries))
 }

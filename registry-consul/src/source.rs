@@ -9,7 +9,7 @@ use registry_core::watch::{Pace, Source, Stop, Updates};
 use registry_core::{Result, ServiceInstance};
 
 use crate::client::Client;
-use crate::format::from_consul;
+use crate::format::instances;
 
 /// The agent's health endpoint, read by blocking queries.
 pub(crate) struct ConsulSource {
@@ -30,7 +30,7 @@ impl Source for ConsulSource {
 
     async fn list(&self, name: &str) -> Result<(Vec<ServiceInstance>, u64)> {
         let (entries, index) = self.client.health(name, None).await?;
-        let list = entries.into_iter().filter_map(from_consul).collect();
+        let list = instances(entries);
         // Consul: an index must be above zero.
         Ok((list, index.max(1)))
     }
@@ -58,7 +58,7 @@ impl Source for ConsulSource {
             let moved = new_index != index;
             index = new_index.max(1);
             if moved {
-                updates.list(entries.into_iter().filter_map(from_consul).collect(), index);
+                updates.list(instances(entries), index);
             }
             if let Some(pause) = pace.after(moved, started.elapsed()) {
                 tracing::debug!(service = %name, index, ?pause, "blocking queries answer at once without a change; pausing");
