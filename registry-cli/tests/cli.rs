@@ -179,8 +179,14 @@ async fn handle(url: &str) -> std::sync::Arc<dyn registry::Registry> {
         .unwrap_or_else(|e| panic!("connect {url}: {e} (is the server up? scripts/backends up)"))
 }
 
-fn member(service: &str, id: &str, version: &str) -> registry::ServiceInstance {
-    registry::ServiceInstance::builder(id, service)
+/// The id of instance `short` of `service`: ids are unique across services, as Consul's
+/// agent requires (it keys services by id alone) and other tests run beside these.
+fn id(service: &str, short: &str) -> String {
+    format!("{short}-{service}")
+}
+
+fn member(service: &str, short: &str, version: &str) -> registry::ServiceInstance {
+    registry::ServiceInstance::builder(id(service, short), service)
         .version(version)
         .metadata("zone", "a")
         .endpoint("http://127.0.0.1:18090")
@@ -237,18 +243,24 @@ async fn diff_tells_what_differs() {
     for line in [
         format!("--- {etcd}"),
         format!("+++ {consul}"),
-        format!("- {service} i2"),
-        format!("+ {service} i4"),
-        format!("~ {service} i3: version \"v1\" → \"v2\""),
+        format!("- {service} {}", id(&service, "i2")),
+        format!("+ {service} {}", id(&service, "i4")),
+        format!(
+            "~ {service} {}: version \"v1\" → \"v2\"",
+            id(&service, "i3")
+        ),
     ] {
         assert!(shown.lines().any(|l| l == line), "{line:?} in:\n{shown}");
     }
-    assert!(!shown.contains(" i1"), "i1 is alike in both:\n{shown}");
+    assert!(
+        !shown.contains(&id(&service, "i1")),
+        "i1 is alike in both:\n{shown}"
+    );
     let (code, json, _) = output(&["--json", "diff", &etcd, &consul, &service]).await;
     assert_eq!(code, 1);
     let json: serde_json::Value = serde_json::from_str(json.trim()).expect("JSON");
-    assert_eq!(json["only_a"][0]["id"], "i2", "{json}");
-    assert_eq!(json["only_b"][0]["id"], "i4", "{json}");
+    assert_eq!(json["only_a"][0]["id"], id(&service, "i2"), "{json}");
+    assert_eq!(json["only_b"][0]["id"], id(&service, "i4"), "{json}");
     assert_eq!(json["changed"][0]["b"]["version"], "v2", "{json}");
     assert_eq!(json["same"], 1, "{json}");
 
@@ -272,7 +284,10 @@ async fn diff_tells_what_differs() {
     let in_other = handle(&other).await;
     let all = ["diff", etcd.as_str(), other.as_str()];
     let shown = diff_until(&all, 1, "a namespace with instances and an empty one").await;
-    assert!(shown.contains(&format!("- {service} i1")), "{shown}");
+    assert!(
+        shown.contains(&format!("- {service} {}", id(&service, "i1"))),
+        "{shown}"
+    );
     for i in ["i1", "i3"] {
         in_other
             .register(&member(&service, i, "v1"))
@@ -317,7 +332,7 @@ async fn mirror_keeps_marked_copies_until_stopped() {
     })
     .await;
     line_until(&mut said, "m1 is copied", |l| {
-        l == format!("copied {service} m1")
+        l == format!("copied {service} {}", id(&service, "m1"))
     })
     .await;
     let mut copy = m1.clone();
@@ -335,18 +350,18 @@ async fn mirror_keeps_marked_copies_until_stopped() {
     let m1_v2 = member(&service, "m1", "v2");
     in_etcd.register(&m1_v2).await.expect("update m1");
     line_until(&mut said, "m1's copy is updated", |l| {
-        l == format!("updated {service} m1")
+        l == format!("updated {service} {}", id(&service, "m1"))
     })
     .await;
     let m3 = member(&service, "m3", "v1");
     in_etcd.register(&m3).await.expect("register m3");
     line_until(&mut said, "m3 is copied", |l| {
-        l == format!("copied {service} m3")
+        l == format!("copied {service} {}", id(&service, "m3"))
     })
     .await;
     in_etcd.deregister(&m3).await.expect("deregister m3");
     line_until(&mut said, "m3's copy is removed", |l| {
-        l.starts_with(&format!("removed {service} m3"))
+        l.starts_with(&format!("removed {service} {}", id(&service, "m3")))
     })
     .await;
     let mut copy = m1_v2.clone();
