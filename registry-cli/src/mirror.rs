@@ -11,6 +11,12 @@
 //!   registers in both (through a `multi:` URL) is seen there first and never copied, and a
 //!   copy whose service then registers in the target itself is removed, its own
 //!   registration left alone.
+//!   Where the service's registration replaced the copy in the same place (an etcd key, a
+//!   Consul agent's service id), removing the copy leaves the service's alone on etcd (only
+//!   the copy's lease is revoked); on one Consul agent shared by both it takes the service's
+//!   entry away until the service's next heartbeat writes it back (seconds). ZooKeeper refuses
+//!   the service's own write while the copy holds the node: services whose instance ids
+//!   survive a restart move to a ZooKeeper target in one step, not through a mirror.
 //! - A copy follows its original: updated when it changes, removed when it leaves the source.
 //!   The copies are this process's registrations (kept alive by it, like any): on Ctrl-C or
 //!   SIGTERM they are deregistered, and after a crash they expire with their TTL.
