@@ -31,7 +31,7 @@ use super::members::{first_error, gather, Member};
 const LINK_FIRST_RETRY: Duration = Duration::from_millis(100);
 
 /// The longest pause between two attempts of a link.
-const LINK_RETRY_CAP: Duration = Duration::from_secs(5);
+const LINK_RETRY_CAP: Duration = Duration::from_secs(2);
 
 /// How often, at most, the composite's supervisor looks again whether every member holds a
 /// registration that one of them lacked (a look at the links' states, no request).
