@@ -42,6 +42,30 @@ pub async fn connect(url: &str) -> Result<Arc<dyn Registry>> {
     Ok(Arc::new(Checked::new(registry)))
 }
 
+/// What every handle of this backend offers ([`Registry::capabilities`] returns this),
+/// known without connecting: it depends on neither the URL nor the server. The
+/// composite registry (`multi:`) declares its capabilities from this for a member that is
+/// not connected yet.
+pub fn capabilities() -> Capabilities {
+    Capabilities {
+        register: true,
+        watch: true,
+        list_services: true,
+        ttl_expiry: true,
+        cross_process: true,
+        expiry_slack: Duration::from_millis(1500),
+        min_ttl: MIN_TTL,
+        reports_every_outage: true,
+        // Consul's own rules for service metadata (checked before writing).
+        metadata: registry_core::MetadataLimits {
+            entries: 64,
+            value_bytes: 512,
+            token_keys: true,
+            total_chars: usize::MAX,
+        },
+    }
+}
+
 struct Inner {
     client: Arc<Client>,
     config: Config,
@@ -137,23 +161,7 @@ impl Registry for ConsulRegistry {
     }
 
     fn capabilities(&self) -> Capabilities {
-        Capabilities {
-            register: true,
-            watch: true,
-            list_services: true,
-            ttl_expiry: true,
-            cross_process: true,
-            expiry_slack: Duration::from_millis(1500),
-            min_ttl: MIN_TTL,
-            reports_every_outage: true,
-            // Consul's own rules for service metadata (checked before writing).
-            metadata: registry_core::MetadataLimits {
-                entries: 64,
-                value_bytes: 512,
-                token_keys: true,
-                total_chars: usize::MAX,
-            },
-        }
+        capabilities()
     }
 
     fn registration(&self, name: &str, id: &str) -> Option<RegistrationStatus> {

@@ -31,6 +31,23 @@ use crate::{
 /// The URL scheme of this backend.
 pub const SCHEME: &str = "memory";
 
+/// What every in-memory registry offers ([`Registry::capabilities`] returns this), whatever
+/// its URL. The composite registry (`multi:`) declares its capabilities from this for a
+/// member that is not connected yet.
+pub fn capabilities() -> Capabilities {
+    Capabilities {
+        register: true,
+        watch: true,
+        list_services: true,
+        ttl_expiry: true,
+        cross_process: false,
+        expiry_slack: Duration::from_millis(500),
+        min_ttl: Duration::from_millis(1),
+        reports_every_outage: true,
+        metadata: Default::default(),
+    }
+}
+
 /// How long a registration outlives its dropped owner when no `ttl` is given.
 pub const DEFAULT_TTL: Duration = Duration::from_secs(15);
 
@@ -385,17 +402,7 @@ impl Registry for MemoryRegistry {
     }
 
     fn capabilities(&self) -> Capabilities {
-        Capabilities {
-            register: true,
-            watch: true,
-            list_services: true,
-            ttl_expiry: true,
-            cross_process: false,
-            expiry_slack: Duration::from_millis(500),
-            min_ttl: Duration::from_millis(1),
-            reports_every_outage: true,
-            metadata: Default::default(),
-        }
+        capabilities()
     }
 
     async fn list_services(&self) -> Result<Vec<String>> {

@@ -49,6 +49,24 @@ pub async fn connect(url: &str) -> Result<Arc<dyn Registry>> {
     Ok(Arc::new(Checked::new(registry)))
 }
 
+/// What every handle of this backend offers ([`Registry::capabilities`] returns this),
+/// known without connecting: it depends on neither the URL nor the server. The
+/// composite registry (`multi:`) declares its capabilities from this for a member that is
+/// not connected yet.
+pub fn capabilities() -> Capabilities {
+    Capabilities {
+        register: true,
+        watch: true,
+        list_services: true,
+        ttl_expiry: true,
+        cross_process: true,
+        expiry_slack: Duration::from_millis(1500),
+        min_ttl: MIN_TTL,
+        reports_every_outage: true,
+        metadata: Default::default(),
+    }
+}
+
 struct Inner {
     conn: Arc<Connection>,
     config: Config,
@@ -149,17 +167,7 @@ impl Registry for EtcdRegistry {
     }
 
     fn capabilities(&self) -> Capabilities {
-        Capabilities {
-            register: true,
-            watch: true,
-            list_services: true,
-            ttl_expiry: true,
-            cross_process: true,
-            expiry_slack: Duration::from_millis(1500),
-            min_ttl: MIN_TTL,
-            reports_every_outage: true,
-            metadata: Default::default(),
-        }
+        capabilities()
     }
 
     fn registration(&self, name: &str, id: &str) -> Option<RegistrationStatus> {

@@ -40,6 +40,33 @@ pub async fn connect(url: &str) -> Result<Arc<dyn Registry>> {
     Ok(Arc::new(Checked::new(registry)))
 }
 
+/// What every handle of this backend offers ([`Registry::capabilities`] returns this),
+/// known without connecting: it depends on neither the URL nor the server. The
+/// composite registry (`multi:`) declares its capabilities from this for a member that is
+/// not connected yet.
+pub fn capabilities() -> Capabilities {
+    Capabilities {
+        register: true,
+        watch: true,
+        list_services: true,
+        // A dead owner's connection drops and the server removes its instances.
+        ttl_expiry: true,
+        cross_process: true,
+        // Pushes come 0.5-1 s late; a dropped connection is noticed within about a
+        // second, a silent one after the server's detection timeout.
+        expiry_slack: Duration::from_secs(3),
+        min_ttl: Duration::from_secs(1),
+        // nacos-sdk reconnects out of sight: a restart quicker than the watch's probe
+        // (one second) is not told; the pushes after it keep the lists true.
+        reports_every_outage: false,
+        // Nacos' bound on one instance's metadata (checked before writing).
+        metadata: MetadataLimits {
+            total_chars: format::MAX_METADATA_CHARS,
+            ..MetadataLimits::default()
+        },
+    }
+}
+
 /// The Nacos registry, on nacos-sdk's gRPC naming client. Share it through `Arc`.
 ///
 /// Registrations are kept by the core's supervisor over the primitives of `store.rs`.
@@ -149,26 +176,7 @@ impl Registry for NacosRegistry {
     }
 
     fn capabilities(&self) -> Capabilities {
-        Capabilities {
-            register: true,
-            watch: true,
-            list_services: true,
-            // A dead owner's connection drops and the server removes its instances.
-            ttl_expiry: true,
-            cross_process: true,
-            // Pushes come 0.5-1 s late; a dropped connection is noticed within about a
-            // second, a silent one after the server's detection timeout.
-            expiry_slack: Duration::from_secs(3),
-            min_ttl: Duration::from_secs(1),
-            // nacos-sdk reconnects out of sight: a restart quicker than the watch's probe
-            // (one second) is not told; the pushes after it keep the lists true.
-            reports_every_outage: false,
-            // Nacos' bound on one instance's metadata (checked before writing).
-            metadata: MetadataLimits {
-                total_chars: format::MAX_METADATA_CHARS,
-                ..MetadataLimits::default()
-            },
-        }
+        capabilities()
     }
 
     fn registration(&self, name: &str, id: &str) -> Option<RegistrationStatus> {

@@ -42,6 +42,26 @@ pub async fn connect(url: &str) -> Result<Arc<dyn Registry>> {
     Ok(Arc::new(Checked::new(registry)))
 }
 
+/// What every handle of this backend offers ([`Registry::capabilities`] returns this),
+/// known without connecting: it depends on neither the URL nor the server. The
+/// composite registry (`multi:`) declares its capabilities from this for a member that is
+/// not connected yet.
+pub fn capabilities() -> Capabilities {
+    Capabilities {
+        register: true,
+        watch: true,
+        list_services: true,
+        ttl_expiry: true,
+        cross_process: true,
+        // The server expires sessions on tick boundaries.
+        expiry_slack: Duration::from_millis(1500),
+        // Two ticks of the test servers (tickTime 500 ms); a server's own floor applies.
+        min_ttl: Duration::from_secs(1),
+        reports_every_outage: true,
+        metadata: Default::default(),
+    }
+}
+
 /// The ZooKeeper registry. Share it through `Arc`. Registrations are kept by the core's
 /// supervisor over the ephemeral-node primitives of `store.rs`. `close()` deregisters
 /// everything and ends the watches; dropping closes its session: its ephemeral nodes go at
@@ -144,19 +164,7 @@ impl Registry for ZkRegistry {
     }
 
     fn capabilities(&self) -> Capabilities {
-        Capabilities {
-            register: true,
-            watch: true,
-            list_services: true,
-            ttl_expiry: true,
-            cross_process: true,
-            // The server expires sessions on tick boundaries.
-            expiry_slack: Duration::from_millis(1500),
-            // Two ticks of the test servers (tickTime 500 ms); a server's own floor applies.
-            min_ttl: Duration::from_secs(1),
-            reports_every_outage: true,
-            metadata: Default::default(),
-        }
+        capabilities()
     }
 
     fn registration(&self, name: &str, id: &str) -> Option<RegistrationStatus> {

@@ -57,19 +57,27 @@ struct Backend {
     feature: &'static str,
     /// `None` when the backend's feature is off in this build.
     connect: Option<ConnectFn>,
+    /// What every handle of the backend offers, known without connecting (the backend
+    /// crate's `capabilities()`); `None` when its feature is off.
+    capabilities: Option<fn() -> Capabilities>,
 }
 
 /// A backend crate's entry, with its `connect` when its feature is on.
 macro_rules! backend {
     ($scheme:literal, $feature:literal, $krate:ident) => {{
         #[cfg(feature = $feature)]
-        let connect: Option<ConnectFn> = Some(|url| Box::pin($krate::connect(url)));
+        let (connect, capabilities): (Option<ConnectFn>, Option<fn() -> Capabilities>) = (
+            Some(|url| Box::pin($krate::connect(url))),
+            Some($krate::capabilities),
+        );
         #[cfg(not(feature = $feature))]
-        let connect: Option<ConnectFn> = None;
+        let (connect, capabilities): (Option<ConnectFn>, Option<fn() -> Capabilities>) =
+            (None, None);
         Backend {
             scheme: $scheme,
             feature: $feature,
             connect,
+            capabilities,
         }
     }};
 }
@@ -86,6 +94,7 @@ fn backends() -> [Backend; 5] {
                     Ok(Arc::new(Checked::new(registry)) as Arc<dyn Registry>)
                 })
             }),
+            capabilities: Some(memory::capabilities),
         },
         backend!("etcd", "etcd", registry_etcd),
         backend!("consul", "consul", registry_consul),
@@ -124,20 +133,44 @@ pub async fn connect(url: &str) -> Result<Arc<dyn Registry>> {
 
 /// [`connect`] for one backend (not a composite).
 pub(crate) async fn connect_backend(url: &str) -> Result<Arc<dyn Registry>> {
-    let parsed = RegistryUrl::parse(url)?;
-    let scheme = parsed.scheme();
-    let Some(backend) = backends().into_iter().find(|b| b.scheme == scheme) else {
-        return Err(Error::UnknownScheme {
-            scheme: scheme.to_owned(),
-            available: schemes(),
-        });
-    };
+    let backend = backend_of(url)?;
     match backend.connect {
         Some(connect) => connect(url).await,
-        None => Err(Error::FeatureDisabled {
+        None => Err(backend.disabled()),
+    }
+}
+
+/// The scheme of one backend's URL, and what every handle of that backend offers, known
+/// without connecting: the errors of [`connect`] for a URL that does not parse, an unknown
+/// scheme or a feature that is off.
+pub(crate) fn scheme_of(url: &str) -> Result<(&'static str, Capabilities)> {
+    let backend = backend_of(url)?;
+    match backend.capabilities {
+        Some(capabilities) => Ok((backend.scheme, capabilities())),
+        None => Err(backend.disabled()),
+    }
+}
+
+/// The backend of `url`'s scheme.
+fn backend_of(url: &str) -> Result<Backend> {
+    let parsed = RegistryUrl::parse(url)?;
+    let scheme = parsed.scheme();
+    backends()
+        .into_iter()
+        .find(|b| b.scheme == scheme)
+        .ok_or_else(|| Error::UnknownScheme {
             scheme: scheme.to_owned(),
-            feature: backend.feature,
-        }),
+            available: schemes(),
+        })
+}
+
+impl Backend {
+    /// The error for a backend whose feature is off.
+    fn disabled(&self) -> Error {
+        Error::FeatureDisabled {
+            scheme: self.scheme.to_owned(),
+            feature: self.feature,
+        }
     }
 }
 
