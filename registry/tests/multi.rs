@@ -1,8 +1,11 @@
 //! The composite registry (`multi:`) against real etcd and Consul servers: a service
 //! registered through it is found by a plain client of each registry alone; a member that
-//! refuses an instance leaves nothing in the other; and one member killed and restarted
+//! refuses an instance leaves nothing in the other; one member killed and restarted
 //! (servers of the test's own): the other keeps serving, calls made meanwhile return
-//! promptly, and the killed one gets its registrations back.
+//! promptly, and the killed one gets its registrations back; and one member down (or
+//! hanging) when the composite connects: connect returns promptly, and the member is
+//! connected in the background once it is up, takes what was registered meanwhile and is
+//! followed by the watches made before.
 //!
 //! Run with `cargo test -p registry --features etcd,consul --test multi` (`scripts/test` runs
 //! it with every feature). The first test uses the shared servers of `scripts/backends up`.
@@ -307,6 +310,21 @@ async fn every_member_down() {
 
     etcd_server.kill();
     consul_agent.kill();
+    // A composite cannot connect with no member reachable (as a single backend cannot with
+    // its server down): promptly, a temporary error naming a member.
+    let started = Instant::now();
+    let refused = MultiRegistry::connect(&format!("multi:?member_timeout=1s|{etcd}|{consul}"))
+        .await
+        .map(drop);
+    eprintln!(
+        "connect with both down: {refused:?} after {:?}",
+        started.elapsed()
+    );
+    assert!(
+        matches!(&refused, Err(e) if e.is_temporary() && e.to_string().contains("member 1")),
+        "{refused:?}"
+    );
+    assert!(started.elapsed() < WITHIN, "{:?}", started.elapsed());
     let degraded = tokio::time::timeout(WITHIN, async {
         loop {
             match watcher.next_event().await.expect("the watcher goes on") {
@@ -351,4 +369,185 @@ async fn every_member_down() {
         .expect("register b once the members are back");
     lists(both.as_ref(), "svc", &[a.clone(), b.clone()], WITHIN).await;
     both.close().await.expect("close");
+}
+
+/// A member that is down when the composite connects (the service restarts while one
+/// registry is away): connect returns promptly, registers go to the live member, and once
+/// the other is up the composite connects it in the background, writes it what was
+/// registered meanwhile, and its watches follow it too.
+async fn member_down_at_connect(down: Killed) {
+    init_logs("registry");
+    let mut etcd_server = EtcdServer::start().await;
+    let mut consul_agent = ConsulAgent::start().await;
+    let etcd = format!(
+        "{}/multi?timeout=1s&connect_timeout=1s&ttl=3s",
+        etcd_server.url()
+    );
+    let consul = consul_agent.url("deregister_after=1m&timeout=1s&connect_timeout=1s&ttl=3s");
+    let url = format!(
+        "multi:?member_timeout={}ms|{etcd}|{consul}",
+        MEMBER_TIMEOUT.as_millis()
+    );
+    // What the composite declares with both members up.
+    let declared = MultiRegistry::connect(&url)
+        .await
+        .expect("connect with both members up")
+        .capabilities();
+    let (down_url, live_url, down_index, live_index) = match down {
+        Killed::Etcd => (&etcd, &consul, 0, 1),
+        Killed::Consul => (&consul, &etcd, 1, 0),
+    };
+    match down {
+        Killed::Etcd => etcd_server.kill(),
+        Killed::Consul => consul_agent.kill(),
+    }
+
+    let started = Instant::now();
+    let both = MultiRegistry::connect(&url)
+        .await
+        .expect("connect with a member down");
+    let took = started.elapsed();
+    eprintln!("connect with {down:?} down took {took:?}");
+    assert!(
+        took < MEMBER_TIMEOUT + PROMPT_SLACK,
+        "connect waits for a dead member no longer than the member timeout: {took:?}"
+    );
+    assert_eq!(
+        both.capabilities(),
+        declared,
+        "the capabilities do not depend on which members are up"
+    );
+    let members = both.members();
+    assert!(members[live_index].connected, "{members:?}");
+    assert!(!members[down_index].connected, "{members:?}");
+    let (error, _) = members[down_index]
+        .last_error
+        .clone()
+        .expect("the member's failure to connect is shown");
+    assert!(error.is_temporary(), "{error}");
+    eprintln!("{down:?} at connect: {error}");
+
+    // Registered through the live member, promptly; its plain client lists it.
+    let service = "helloworld";
+    let a = instance(service, "a");
+    let started = Instant::now();
+    both.register(&a)
+        .await
+        .expect("register with a member not connected");
+    let took = started.elapsed();
+    eprintln!("register with {down:?} not connected took {took:?}");
+    assert!(took < MEMBER_TIMEOUT + PROMPT_SLACK, "{took:?}");
+    let live = connect(live_url).await;
+    lists(live.as_ref(), service, std::slice::from_ref(&a), WITHIN).await;
+    let mut watcher = both.watch(service).await.expect("watch");
+    watcher_reaches(&mut watcher, std::slice::from_ref(&a), WITHIN).await;
+    let on_down = both.members()[down_index].registrations.clone();
+    assert!(
+        matches!(&on_down[..], [r] if r.id == a.id && matches!(r.state, MemberState::Retrying { .. })),
+        "a waits for the member to connect: {on_down:?}"
+    );
+    let mut status = both.registration(service, &a.id).expect("a is held");
+    tokio::time::timeout(WITHIN, status.wait_for(RegistrationState::is_lost))
+        .await
+        .expect("a is Lost (not Registered) while a member lacks it")
+        .expect("still held");
+
+    // Times from here count the server's own start-up.
+    let up_at = Instant::now();
+    match down {
+        Killed::Etcd => etcd_server.start_again().await,
+        Killed::Consul => consul_agent.start_again().await,
+    }
+    eprintln!("{down:?} serves {:?} after it was started", up_at.elapsed());
+
+    // The member is connected in the background and takes what was registered meanwhile.
+    let alone = connect(down_url).await;
+    lists(alone.as_ref(), service, std::slice::from_ref(&a), WITHIN).await;
+    eprintln!(
+        "{down:?} lists a {:?} after it was started",
+        up_at.elapsed()
+    );
+    let mut status = both.registration(service, &a.id).expect("a is held");
+    tokio::time::timeout(WITHIN, status.wait_for(RegistrationState::is_registered))
+        .await
+        .expect("Registered once every member holds it")
+        .expect("still held");
+    eprintln!(
+        "a Registered in both {:?} after {down:?} was started",
+        up_at.elapsed()
+    );
+    let members = both.members();
+    assert!(members[down_index].connected, "{members:?}");
+    assert!(
+        members[down_index]
+            .registrations
+            .iter()
+            .all(|r| r.state.is_registered()),
+        "{members:?}"
+    );
+    assert_eq!(
+        both.capabilities(),
+        declared,
+        "nor on a member connecting later"
+    );
+
+    // The watcher made before the member was connected follows it too: an instance
+    // registered in that member alone shows.
+    let b = instance(service, "b");
+    alone
+        .register(&b)
+        .await
+        .expect("register b in the member alone");
+    watcher_reaches(&mut watcher, &[a.clone(), b.clone()], WITHIN).await;
+    eprintln!(
+        "the composite's watcher sees b (in {down:?} alone) {:?} after {down:?} was started",
+        up_at.elapsed()
+    );
+
+    both.close().await.expect("close");
+    lists(alone.as_ref(), service, std::slice::from_ref(&b), WITHIN).await;
+    lists(live.as_ref(), service, &[], WITHIN).await;
+    alone.deregister(&b).await.expect("deregister b");
+}
+
+#[tokio::test]
+async fn consul_down_at_connect() {
+    member_down_at_connect(Killed::Consul).await;
+}
+
+#[tokio::test]
+async fn etcd_down_at_connect() {
+    member_down_at_connect(Killed::Etcd).await;
+}
+
+/// A member that hangs (its server paused: connections accepted, nothing answered) holds up
+/// connect by the member timeout at most, even where its own connect timeout is longer; it
+/// is connected once it answers again.
+#[tokio::test]
+async fn a_hanging_member_holds_up_connect_by_the_member_timeout_at_most() {
+    init_logs("registry");
+    let etcd_server = EtcdServer::start().await;
+    // etcd's own connect timeout (5 s by default) is longer than the member timeout.
+    let etcd = format!("{}/multi-hang", etcd_server.url());
+    let memory = "memory://multi-hang";
+    let url = format!(
+        "multi:?member_timeout={}ms|{memory}|{etcd}",
+        MEMBER_TIMEOUT.as_millis()
+    );
+    etcd_server.pause();
+    let started = Instant::now();
+    let both = MultiRegistry::connect(&url).await;
+    let took = started.elapsed();
+    etcd_server.resume();
+    let both = both.expect("connect with a member hanging");
+    eprintln!("connect with etcd hanging took {took:?}");
+    assert!(took < MEMBER_TIMEOUT + PROMPT_SLACK, "{took:?}");
+    assert!(!both.members()[1].connected, "{:?}", both.members());
+    let me = instance("svc", "hang-1");
+    both.register(&me).await.expect("register");
+    let alone = connect(&etcd).await;
+    lists(alone.as_ref(), "svc", std::slice::from_ref(&me), WITHIN).await;
+    assert!(both.members()[1].connected);
+    both.close().await.expect("close");
+    lists(alone.as_ref(), "svc", &[], WITHIN).await;
 }

@@ -11,8 +11,8 @@ pub const SCHEME: &str = "multi";
 /// toolkit (a `|` inside a member, in a password say, is written `%7C`).
 pub const SEPARATOR: char = '|';
 
-/// How long a call waits for the members that have not answered yet once one member has
-/// answered, when no `member_timeout` is given.
+/// How long a call (and `connect`) waits for the members that have not answered yet once
+/// one member has answered, when no `member_timeout` is given.
 pub const DEFAULT_MEMBER_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// How the composite reads (`get_service`, `watch`): URL option `read`.
@@ -57,7 +57,8 @@ pub struct MultiConfig {
     pub read: ReadMode,
     /// How long a call waits for the members still silent once one member has answered
     /// (URL option `member_timeout`, default [`DEFAULT_MEMBER_TIMEOUT`]): a member that is
-    /// down or hangs delays a call by at most this much.
+    /// down or hangs delays a call by at most this much. `connect` waits as long for the
+    /// members not connected yet once one is (the others are connected in the background).
     pub member_timeout: Duration,
     /// The composite's own watch settings (URL option `watch_timeout`).
     pub watch: WatchConfig,

@@ -50,11 +50,39 @@
 //! | option | default | meaning |
 //! |---|---|---|
 //! | `read` | `merge` | `merge`: the union of every member's instances, by id; `first`: the first member's, the others as fallback ([`ReadMode`]) |
-//! | `member_timeout` | `2s` | once one member has answered, how long a call waits for the others |
+//! | `member_timeout` | `2s` | once one member has answered, how long a call (and `connect`) waits for the others |
 //! | `watch_timeout` | `10s` | how long `watch()` waits for a first list |
 //!
 //! A member cannot be a `multi:` URL, nor repeat another. An invalid member URL fails
 //! `connect` with an error naming the member (`member 2 (consul://…): …`).
+//!
+//! # Connecting
+//!
+//! `connect` connects to every member at once and returns once every member is connected,
+//! or once one is and the others have had `member_timeout` more: a member that is down, or
+//! hangs, delays startup by `member_timeout` at most (nothing when it refuses connections).
+//! A member not connected by then is connected in the background, tried again with back-off
+//! (at least every 2 s) until it is, by a task the composite owns and stops on `close` or
+//! drop. Until then:
+//!
+//! - [`MultiRegistry::members`] shows it not `connected`, its `last_error` the failure of
+//!   its last attempt;
+//! - calls do not wait for it (it answers at once as a member that is down does);
+//! - what is registered through the composite meanwhile waits for it
+//!   ([`MemberState::Retrying`]) and is written to it as soon as it is connected (each
+//!   registration is `Lost`, naming the member, until it holds it); what is deregistered
+//!   meanwhile is simply not written;
+//! - every watch of the composite, those made before included, follows it from the moment
+//!   it is connected.
+//!
+//! `connect` fails as a single backend's does when its server is unreachable: when no
+//! member can be connected (every member's first attempt failed; the error is that of the
+//! first member in URL order, naming it). Whatever the other members do, it fails too when
+//! a member's URL is invalid (an unknown scheme or option, a backend whose feature is off)
+//! or its first attempt fails for good (a permanent error, say credentials the server
+//! refuses): a mistake in the URL is not left to the background. (A member whose first
+//! attempt is still under way when `connect` returns is tried again with back-off whatever
+//! its error.)
 //!
 //! # What each call does
 //!
@@ -92,11 +120,11 @@
 //! [`Registry::capabilities`] is what every member offers: the intersection of theirs (the
 //! strictest metadata limits, the longest expiry slack and shortest TTL floor), except
 //! `reports_every_outage`, which is false: an outage of one member is no outage of the
-//! composite.
-//!
-//! Every member must be reachable when the composite connects (each backend's `connect`
-//! reads its server, and the composite needs every member's capabilities); after that, a
-//! member may come and go.
+//! composite. A member's capabilities are its scheme's, known without connecting (each
+//! backend crate's `capabilities()`, which its handles return; `registry_etcd::capabilities`
+//! say): the composite declares the same whether or not a member could be reached when it
+//! connected, and they never change after. (A composite of handles connected in code,
+//! [`MultiRegistry::from_registries`], takes the handles' own.)
 //!
 //! # Why a module of the facade
 //!
@@ -112,7 +140,7 @@ mod read;
 mod write;
 
 use std::fmt;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
 
 use async_trait::async_trait;
@@ -128,6 +156,9 @@ pub use write::MemberState;
 
 use members::Member;
 use read::Merge;
+use tokio::sync::mpsc;
+use tokio::task::AbortHandle;
+use tokio::time::Instant;
 use write::{Fanout, Links};
 
 #[cfg(doc)]
@@ -153,6 +184,34 @@ pub struct MultiRegistry {
     registrations: Registrations<Fanout>,
     hub: Watches<Merge>,
     links: Arc<Links>,
+    connectors: Connectors,
+}
+
+/// The tasks connecting the members that were not connected when the composite was:
+/// stopped with it (closed or dropped).
+#[derive(Default)]
+struct Connectors(Mutex<Vec<AbortHandle>>);
+
+impl Connectors {
+    fn spawn(&self, task: impl std::future::Future<Output = ()> + Send + 'static) {
+        let handle = tokio::spawn(task).abort_handle();
+        self.0
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(handle);
+    }
+
+    fn abort(&self) {
+        for task in self.0.lock().unwrap_or_else(|p| p.into_inner()).drain(..) {
+            task.abort();
+        }
+    }
+}
+
+impl Drop for Connectors {
+    fn drop(&mut self) {
+        self.abort();
+    }
 }
 
 impl fmt::Debug for MultiRegistry {
@@ -166,6 +225,7 @@ impl fmt::Debug for MultiRegistry {
 impl Drop for MultiRegistry {
     fn drop(&mut self) {
         // The members' handles go with it: their keep-alives stop, as any backend's do.
+        self.connectors.abort();
         self.links.abort();
         self.hub.shutdown();
     }
@@ -179,6 +239,10 @@ pub struct MemberStatus {
     pub url: String,
     /// Its backend's scheme.
     pub scheme: &'static str,
+    /// Whether its handle is connected. A member that could not be reached when the
+    /// composite connected is connected in the background, with back-off; until then its
+    /// `last_error` is the last attempt's failure, and it holds none of the registrations.
+    pub connected: bool,
     /// Where each registration of the composite stands on this member, sorted by service
     /// and id: those the composite holds, and those whose removal the member has not taken
     /// yet.
@@ -201,32 +265,91 @@ pub struct MemberRegistration {
 }
 
 impl MultiRegistry {
-    /// Connects to every member of a `multi:` URL (see the [module docs](self)).
+    /// Connects to the members of a `multi:` URL (see the [module docs](self) for when it
+    /// fails and how long it takes).
     pub async fn connect(url: &str) -> Result<Self> {
         Self::with_config(MultiConfig::from_url(url)?).await
     }
 
-    /// Connects to every member of `config`, concurrently. Fails when a member cannot be
-    /// connected to, with its error naming the member.
+    /// Connects to the members of `config`, concurrently. Returns once every member is
+    /// connected, or once one is and the others have had `member_timeout` more (those are
+    /// connected in the background, with back-off); or once every member has been tried
+    /// once. Fails when no member could be connected (every one's first attempt failed: the
+    /// first failure in URL order), or when a member's URL is invalid or its first attempt
+    /// failed for good (a permanent error, such as an unknown option), with its error naming
+    /// the member.
     pub async fn with_config(config: MultiConfig) -> Result<Self> {
         config
             .check()
             .map_err(|reason| Error::invalid_url(config.redacted(), reason))?;
-        let connected = futures::future::join_all(config.members.iter().enumerate().map(
-            |(n, url)| async move {
-                let shown = config::shown(url);
-                match crate::connect_backend(url).await {
-                    Ok(registry) => Ok((shown, registry)),
-                    Err(error) => Err(connect_error(n + 1, &shown, error)),
-                }
-            },
-        ))
-        .await;
-        let mut members = Vec::with_capacity(connected.len());
-        for member in connected {
-            members.push(member?);
+        let mut members = Vec::with_capacity(config.members.len());
+        let mut caps = Vec::with_capacity(config.members.len());
+        for (n, url) in config.members.iter().enumerate() {
+            let shown = config::shown(url);
+            let (scheme, offers) =
+                crate::scheme_of(url).map_err(|error| connect_error(n + 1, &shown, error))?;
+            members.push(Arc::new(Member::pending(n, shown, scheme)));
+            caps.push(offers);
         }
-        Self::from_members(members, config)
+        let members: Arc<[Arc<Member>]> = members.into();
+        let connectors = Connectors::default();
+        let (attempts_tx, mut attempts) = mpsc::unbounded_channel();
+        for ((member, url), offers) in members.iter().zip(&config.members).zip(&caps) {
+            connectors.spawn(members::connect(
+                member.clone(),
+                url.clone(),
+                *offers,
+                attempts_tx.clone(),
+            ));
+        }
+        drop(attempts_tx);
+
+        // Each member's first attempt, and whether it is connected.
+        let mut first: Vec<Option<Error>> = vec![None; members.len()];
+        let mut tried = vec![false; members.len()];
+        let mut connected = vec![false; members.len()];
+        let mut until: Option<Instant> = None;
+        while !connected.iter().all(|c| *c) && !tried.iter().all(|t| *t) {
+            let next = match until {
+                None => attempts.recv().await,
+                Some(at) => match tokio::time::timeout_at(at, attempts.recv()).await {
+                    Ok(next) => next,
+                    Err(_) => break,
+                },
+            };
+            let Some((index, outcome)) = next else { break };
+            let number = index + 1;
+            match outcome {
+                Ok(()) => {
+                    connected[index] = true;
+                    until.get_or_insert_with(|| Instant::now() + config.member_timeout);
+                }
+                Err(error) if !tried[index] && !error.is_temporary() => {
+                    return Err(connect_error(number, &members[index].url, error));
+                }
+                Err(error) => {
+                    first[index].get_or_insert(error);
+                }
+            }
+            tried[index] = true;
+        }
+        if !connected.iter().any(|c| *c) {
+            let error = first
+                .iter()
+                .enumerate()
+                .find_map(|(n, error)| error.clone().map(|e| (n, e)))
+                .map(|(n, error)| connect_error(n + 1, &members[n].url, error))
+                .unwrap_or(Error::Timeout {
+                    operation: "connect",
+                    after: config.member_timeout,
+                });
+            return Err(error);
+        }
+        for member in members.iter().filter(|m| !m.is_connected()) {
+            tracing::warn!(member = %member.url, "the composite starts without this member; it is connected in the background");
+        }
+        let caps = intersection(caps.into_iter());
+        Ok(Self::from_members(members, caps, connectors, config))
     }
 
     /// A composite of handles connected already, in order, each with the URL (or any
@@ -242,32 +365,37 @@ impl MultiRegistry {
                 reason: "a composite needs at least one member".into(),
             });
         }
-        let labels: Vec<String> = members.iter().map(|(label, _)| label.clone()).collect();
-        Self::from_members(
-            members,
-            MultiConfig {
-                members: labels,
-                ..config
-            },
-        )
-    }
-
-    fn from_members(
-        members: Vec<(String, Arc<dyn Registry>)>,
-        config: MultiConfig,
-    ) -> Result<Self> {
         if config.member_timeout.is_zero() {
             return Err(Error::InvalidConfig {
                 backend: SCHEME,
                 reason: "member_timeout must be positive".into(),
             });
         }
+        let labels: Vec<String> = members.iter().map(|(label, _)| label.clone()).collect();
+        let caps = intersection(members.iter().map(|(_, registry)| registry.capabilities()));
         let members: Arc<[Arc<Member>]> = members
             .into_iter()
             .enumerate()
-            .map(|(index, (url, registry))| Arc::new(Member::new(index, url, registry)))
+            .map(|(index, (url, registry))| Arc::new(Member::connected(index, url, registry)))
             .collect();
-        let caps = intersection(members.iter().map(|m| m.registry.capabilities()));
+        let config = MultiConfig {
+            members: labels,
+            ..config
+        };
+        Ok(Self::from_members(
+            members,
+            caps,
+            Connectors::default(),
+            config,
+        ))
+    }
+
+    fn from_members(
+        members: Arc<[Arc<Member>]>,
+        caps: Capabilities,
+        connectors: Connectors,
+        config: MultiConfig,
+    ) -> Self {
         let links = Arc::new(Links::default());
         let registrations = Registrations::new(Fanout {
             members: members.clone(),
@@ -282,14 +410,15 @@ impl MultiRegistry {
             },
             WatchConfig::clone(&config.watch),
         );
-        Ok(MultiRegistry {
+        MultiRegistry {
             members,
             config,
             caps,
             registrations,
             hub,
             links,
-        })
+            connectors,
+        }
     }
 
     /// The composite's settings (member URLs as given).
@@ -297,14 +426,15 @@ impl MultiRegistry {
         &self.config
     }
 
-    /// Every member, in URL order: its URL (redacted), where each registration stands on
-    /// it, and the last failure seen on it.
+    /// Every member, in URL order: its URL (redacted), whether it is connected, where each
+    /// registration stands on it, and the last failure seen on it.
     pub fn members(&self) -> Vec<MemberStatus> {
         self.members
             .iter()
             .map(|member| MemberStatus {
                 url: member.url.clone(),
-                scheme: member.registry.scheme(),
+                scheme: member.scheme,
+                connected: member.is_connected(),
                 registrations: self
                     .links
                     .states(member.index)
@@ -401,14 +531,19 @@ impl Registry for MultiRegistry {
         self.registrations.status(name, id)
     }
 
-    /// Deregisters everything from every member, ends the watches, then closes every member
-    /// (which removes whatever a member's handle still holds). Returns the first failure.
+    /// Deregisters everything from every member, ends the watches, stops connecting the
+    /// members not connected yet, then closes every connected member (which removes whatever
+    /// a member's handle still holds). Returns the first failure.
     async fn close(&self) -> Result<()> {
         let removed = self.registrations.close().await;
         self.hub.close().await;
         self.links.abort();
+        self.connectors.abort();
         let closed = futures::future::join_all(self.members.iter().map(|m| async move {
-            m.registry.close().await.map_err(|e| {
+            let Some(registry) = m.close() else {
+                return Ok(());
+            };
+            registry.close().await.map_err(|e| {
                 m.note(&e);
                 m.named(e)
             })

@@ -67,7 +67,7 @@ pub(crate) async fn get(
     name: &str,
 ) -> Result<Vec<ServiceInstance>> {
     let answers = gather(members, timeout, |member| async move {
-        member.registry.get_service(name).await
+        member.registry()?.get_service(name).await
     })
     .await;
     let views: Vec<View> = answers
@@ -91,7 +91,7 @@ pub(crate) async fn get(
 /// The composite's `list_services`: the union of every member's, sorted.
 pub(crate) async fn services(members: &[Arc<Member>], timeout: Duration) -> Result<Vec<String>> {
     let answers = gather(members, timeout, |member| async move {
-        member.registry.list_services().await
+        member.registry()?.list_services().await
     })
     .await;
     if !answers.iter().any(|a| matches!(a, Some(Ok(_)))) {
@@ -132,7 +132,7 @@ impl Source for Merge {
 
     async fn list(&self, name: &str) -> Result<(Vec<ServiceInstance>, Seen)> {
         let answers = gather(&self.members, self.member_timeout, |member| async move {
-            member.registry.get_service(name).await
+            member.registry()?.get_service(name).await
         })
         .await;
         let lists: Vec<Option<Instances>> = answers
@@ -249,7 +249,8 @@ impl Source for Merge {
 }
 
 /// Follows `name` on one member for as long as the receiver lives, watching it again with
-/// back-off whenever the watch cannot be made or ends.
+/// back-off whenever the watch cannot be made or ends; a member not connected yet is
+/// followed from the moment it is.
 async fn follow_member(
     member: Arc<Member>,
     name: String,
@@ -257,7 +258,21 @@ async fn follow_member(
 ) {
     let mut backoff = Backoff::new(Duration::from_millis(100), MEMBER_RETRY_CAP);
     loop {
-        let error = match member.registry.watch(&name).await {
+        let registry = match member.registry() {
+            Ok(registry) => registry,
+            Err(error) => {
+                // Not connected yet: told at once (the others need not wait for it), then
+                // followed as soon as it is.
+                if tx.send((member.index, Told::Failed(error))).is_err() {
+                    return;
+                }
+                tokio::select! {
+                    registry = member.wait_connected() => registry,
+                    () = tx.closed() => return,
+                }
+            }
+        };
+        let error = match registry.watch(&name).await {
             Ok(mut watcher) => loop {
                 match watcher.next_event().await {
                     Ok(event) => {

@@ -294,3 +294,76 @@ async fn registries_connected_in_code_make_a_composite() {
     assert_eq!(both.members()[0].url, "in-process");
     assert!(MultiRegistry::from_registries(Vec::new(), MultiConfig::new(["x"])).is_err());
 }
+
+#[tokio::test]
+async fn capabilities_come_from_the_members_schemes() {
+    let both = MultiRegistry::connect("multi:memory://multi-caps-a|memory://multi-caps-b")
+        .await
+        .unwrap();
+    let alone = crate::connect("memory://multi-caps-a").await.unwrap();
+    assert_eq!(alone.capabilities(), crate::memory::capabilities());
+    let expected = Capabilities {
+        reports_every_outage: false,
+        ..crate::memory::capabilities()
+    };
+    assert_eq!(both.capabilities(), expected);
+}
+
+/// A member that cannot be reached (nothing listens on port 1) does not fail `connect`: it
+/// is tried again by a task of the composite's, which dropping or closing the composite
+/// stops.
+#[cfg(feature = "etcd")]
+#[tokio::test]
+async fn a_member_not_connected_is_tried_by_a_task_that_drop_and_close_stop() {
+    let runtime = tokio::runtime::Handle::current().metrics();
+    let before = runtime.num_alive_tasks();
+    let url =
+        "multi:?member_timeout=200ms|memory://multi-lazy|etcd://127.0.0.1:1/x?connect_timeout=1s";
+    let both = MultiRegistry::connect(url)
+        .await
+        .expect("one member is enough");
+    let members = both.members();
+    assert!(members[0].connected, "{members:?}");
+    assert!(!members[1].connected, "{members:?}");
+    assert_eq!(members[1].scheme, "etcd");
+    let (error, _) = members[1].last_error.clone().expect("the failure is shown");
+    assert!(error.is_temporary(), "{error}");
+    let me = instance("1", "lazy", "v1");
+    both.register(&me)
+        .await
+        .expect("registered in the memory member");
+    let on_etcd = both.members()[1].registrations.clone();
+    assert!(
+        matches!(&on_etcd[..], [r] if matches!(r.state, MemberState::Retrying { .. })),
+        "{on_etcd:?}"
+    );
+    both.deregister(&me).await.expect("deregister");
+    assert!(
+        runtime.num_alive_tasks() > before,
+        "the member is still tried"
+    );
+    drop(both);
+    settled(&runtime, before, "after drop").await;
+
+    let both = MultiRegistry::connect(url)
+        .await
+        .expect("one member is enough");
+    assert!(runtime.num_alive_tasks() > before, "the member is tried");
+    both.close().await.expect("close");
+    settled(&runtime, before, "after close").await;
+    drop(both);
+}
+
+/// Waits until `before` tasks are alive on the runtime again, failing after 10 s.
+#[cfg(feature = "etcd")]
+async fn settled(runtime: &tokio::runtime::RuntimeMetrics, before: usize, what: &str) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while runtime.num_alive_tasks() != before {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{what}: {} tasks alive, {before} before",
+            runtime.num_alive_tasks()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}

@@ -47,7 +47,8 @@ pub enum MemberState {
     /// is [`RegistrationState::Lost`] while its backend writes it again).
     Held(RegistrationState),
     /// The member has not taken the registration: it could not be reached when it was
-    /// made. Written again with back-off until it is.
+    /// made, or was not connected yet. Written again with back-off until it is (at once
+    /// when a member not connected yet connects).
     Retrying {
         /// Failed attempts so far.
         attempt: u32,
@@ -420,7 +421,7 @@ impl Store for Fanout {
     /// Whether any member lists the instance.
     async fn contains(&self, name: &str, id: &str) -> Result<bool> {
         let answers = gather(&self.members, self.member_timeout, |member| async move {
-            member.registry.get_service(name).await
+            member.registry()?.get_service(name).await
         })
         .await;
         if answers
@@ -537,6 +538,7 @@ impl LinkTask {
                     command = self.commands.recv() => Event::Command(command),
                     state = member_state(&mut held) => Event::Member(state),
                     () = retry(retry_at) => Event::Retry,
+                    () = connected(&self.member, retry_at) => Event::Retry,
                 },
             };
             let ack = match event {
@@ -572,9 +574,13 @@ impl LinkTask {
                     if attempt == 0 && held.is_none() {
                         self.publish(MemberState::Pending);
                     }
-                    match self.member.registry.register(instance).await {
+                    let written = match self.member.registry() {
+                        Ok(registry) => registry.register(instance).await,
+                        Err(error) => Err(error),
+                    };
+                    match written {
                         Ok(()) => {
-                            held = self.member.registry.registration(&name, &id);
+                            held = self.member.registration(&name, &id);
                             let state = held
                                 .as_ref()
                                 .map_or(RegistrationState::Registered, RegistrationStatus::get);
@@ -586,7 +592,7 @@ impl LinkTask {
                         }
                         Err(error) => {
                             self.member.note(&error);
-                            held = self.member.registry.registration(&name, &id);
+                            held = self.member.registration(&name, &id);
                             if let Some(status) = &held {
                                 // The member's handle holds it and writes it again itself.
                                 self.publish(MemberState::Held(status.get()));
@@ -608,7 +614,12 @@ impl LinkTask {
                 }
                 Some(Goal::Remove(instance)) => {
                     held = None;
-                    match self.member.registry.deregister(instance).await {
+                    // A member never connected holds nothing of the composite's.
+                    let removed = match self.member.handle() {
+                        Some(registry) => registry.deregister(instance).await,
+                        None => Ok(()),
+                    };
+                    match removed {
                         Ok(()) => {
                             self.publish(MemberState::Removed);
                             Ok(())
@@ -652,6 +663,15 @@ async fn member_state(held: &mut Option<RegistrationStatus>) -> Option<Registrat
         Some(status) => status.changed().await,
         None => std::future::pending().await,
     }
+}
+
+/// Resolves when the member, not connected when a write to it failed, is connected: the
+/// link tries again at once rather than at its next retry.
+async fn connected(member: &Member, retry_at: Option<Instant>) {
+    if retry_at.is_none() || member.is_connected() {
+        return std::future::pending().await;
+    }
+    member.wait_connected().await;
 }
 
 async fn retry(at: Option<Instant>) {
