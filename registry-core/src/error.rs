@@ -195,7 +195,7 @@ impl Error {
     }
 
     /// Shorthand for [`Error::InvalidInput`]. A long value is cut to its first
-    /// [`MAX_SHOWN`] characters (values read from a registry can be megabytes).
+    /// 200 characters (values read from a registry can be megabytes).
     pub fn invalid(
         field: &'static str,
         value: impl Into<String>,

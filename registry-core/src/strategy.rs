@@ -1,4 +1,4 @@
-//! [`proptest`] strategies for [`ServiceInstance`]s, for tests: the backends' property tests
+//! [`proptest`](mod@proptest) strategies for [`ServiceInstance`]s, for tests: the backends' property tests
 //! (every valid instance round-trips exactly through the backend's on-registry format) draw
 //! from these. Behind the `proptest` feature, off by default; not for production code.
 //!
