@@ -2,13 +2,15 @@
 //!
 //! Production Consul is 3 (or 5) servers plus a client agent on every host, and a service
 //! registers with its own host's agent, which keeps its registrations and syncs them to the
-//! servers' catalog. [`ConsulCluster`] starts that on 127.0.0.1: `n` servers
-//! (`-server -bootstrap-expect=n`, not dev mode: each keeps its raft log and catalog in a
-//! data directory of its own) and client agents (the hosts), every one on free ports of its
-//! own and joining the servers with `-retry-join`. The servers are its [`Cluster`] members
-//! (find the leader, kill one, start it again, freeze it); the client agents are killed and
-//! started again, with their data (their registrations), by [`ConsulCluster::kill_agent`]
-//! and [`ConsulCluster::start_agent_again`].
+//! servers' catalog. [`ConsulCluster`] starts that: `n` servers (`-server
+//! -bootstrap-expect=n`, not dev mode: each keeps its raft log and catalog in a data
+//! directory of its own) and client agents (the hosts), joining the servers with
+//! `-retry-join`; on 127.0.0.1, every one on free ports of its own
+//! ([`ConsulCluster::start`]), or each on a host of a [`Net`], on Consul's usual ports at its
+//! host's address, where the network can be cut ([`ConsulCluster::start_in`]). The servers
+//! are its [`Cluster`] members (find the leader, kill one, start it again, freeze it); the
+//! client agents are killed and started again, with their data (their registrations), by
+//! [`ConsulCluster::kill_agent`] and [`ConsulCluster::start_agent_again`].
 //!
 //! Made to start fast (measured on a 2-core machine: a leader after about 1.5 s, every
 //! client agent synced after about 3.5 s): raft timing at its quickest
@@ -18,7 +20,7 @@
 
 use std::ffi::OsString;
 use std::io::{Read, Write};
-use std::net::TcpStream;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpStream};
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -26,11 +28,14 @@ use async_trait::async_trait;
 use tokio::time::{sleep, Instant};
 
 use crate::cluster::{Cluster, QUORUM_DEADLINE};
+use crate::netns::Net;
 use crate::{free_port, server_program, Ready, ServerProcess, ServerSpec};
 
-/// The ports of one Consul agent, server or client.
+/// The address and ports of one Consul agent, server or client: it binds, advertises and
+/// serves its HTTP API on that address.
 #[derive(Debug, Clone, Copy)]
 struct Ports {
+    ip: IpAddr,
     /// Server RPC (raft and the agents' requests; a client agent does not listen on it).
     server: u16,
     serf_lan: u16,
@@ -39,14 +44,47 @@ struct Ports {
 }
 
 impl Ports {
-    fn new() -> Ports {
+    /// Free ports on 127.0.0.1.
+    fn free() -> Ports {
         Ports {
+            ip: IpAddr::V4(Ipv4Addr::LOCALHOST),
             server: free_port(),
             serf_lan: free_port(),
             serf_wan: free_port(),
             http: free_port(),
         }
     }
+
+    /// Consul's usual ports at `ip` (a host of a [`Net`] has its address to itself).
+    fn usual(ip: IpAddr) -> Ports {
+        Ports {
+            ip,
+            server: 8300,
+            serf_lan: 8301,
+            serf_wan: 8302,
+            http: 8500,
+        }
+    }
+
+    fn http(&self) -> SocketAddr {
+        SocketAddr::new(self.ip, self.http)
+    }
+
+    fn server(&self) -> SocketAddr {
+        SocketAddr::new(self.ip, self.server)
+    }
+
+    fn serf_lan(&self) -> SocketAddr {
+        SocketAddr::new(self.ip, self.serf_lan)
+    }
+}
+
+/// Where an agent runs: its address and ports, its node name, and the host of a [`Net`] it
+/// runs in, if any.
+struct Place<'a> {
+    ports: Ports,
+    node: String,
+    host: Option<(&'a Net, usize)>,
 }
 
 /// The settings every agent of the cluster runs with: raft at its quickest (elections and
@@ -57,33 +95,83 @@ const SETTINGS: [&str; 2] = [
     "disable_update_check = true",
 ];
 
-/// A Consul cluster of a test's own: servers and client agents on 127.0.0.1, each on free
-/// ports with a data directory of its own. Servers are ready once they know a leader; a
-/// client agent once the catalog holds its node alive with its checks as the agent has them
-/// (it has synced). Dropping the cluster kills every agent and deletes its data.
+/// A Consul cluster of a test's own: servers and client agents, each with a data directory
+/// of its own. Servers are ready once they know a leader; a client agent once the catalog
+/// holds its node alive with its checks as the agent has them (it has synced). Dropping the
+/// cluster kills every agent and deletes its data.
 pub struct ConsulCluster {
     servers: Vec<ServerProcess>,
     server_ports: Vec<Ports>,
     agents: Vec<ServerProcess>,
     agent_ports: Vec<Ports>,
+    agent_nodes: Vec<String>,
 }
 
 impl ConsulCluster {
-    /// Starts `servers` servers (3 or 5 in production) and `agents` client agents, all at
-    /// once, and waits until every server knows a leader and every client agent has synced
-    /// its node. The servers' nodes are named `server-0`, ...; the client agents' `host-0`,
-    /// ...
+    /// Starts `servers` servers (3 or 5 in production) and `agents` client agents on
+    /// 127.0.0.1, each on free ports, all at once, and waits until every server knows a
+    /// leader and every client agent has synced its node. The servers' nodes are named
+    /// `server-0`, ...; the client agents' `host-0`, ...
     pub async fn start(servers: usize, agents: usize) -> ConsulCluster {
-        assert!(servers > 0, "a cluster has one server at least");
-        let program = server_program("consul", "REGISTRY_RS_CONSUL_BIN", "consul/usr/bin/consul");
-        let server_ports: Vec<Ports> = (0..servers).map(|_| Ports::new()).collect();
-        let agent_ports: Vec<Ports> = (0..agents).map(|_| Ports::new()).collect();
-        let joins: Vec<String> = server_ports
-            .iter()
-            .map(|p| format!("127.0.0.1:{}", p.serf_lan))
+        let servers = (0..servers)
+            .map(|i| Place {
+                ports: Ports::free(),
+                node: format!("server-{i}"),
+                host: None,
+            })
             .collect();
-        let mut specs = Vec::with_capacity(servers + agents);
-        for (i, ports) in server_ports.iter().enumerate() {
+        let agents = (0..agents)
+            .map(|i| Place {
+                ports: Ports::free(),
+                node: format!("host-{i}"),
+                host: None,
+            })
+            .collect();
+        Self::start_at(servers, agents).await
+    }
+
+    /// Starts a server on each of `server_hosts` of `net` and a client agent on each of
+    /// `agent_hosts`, on Consul's usual ports at their hosts' addresses (they bind, advertise,
+    /// join and serve HTTP there), all at once, and waits as [`start`](Self::start). Server
+    /// `i` is on host `server_hosts[i]`, named `server-i`; client agent `j` on host
+    /// `agent_hosts[j]`, named `host-K` after that host. Call it from test code that runs in
+    /// one of `net`'s hosts ([`Net::run`]): every agent is reached at its host's address.
+    pub async fn start_in(
+        net: &Net,
+        server_hosts: &[usize],
+        agent_hosts: &[usize],
+    ) -> ConsulCluster {
+        let servers = server_hosts
+            .iter()
+            .enumerate()
+            .map(|(i, &host)| Place {
+                ports: Ports::usual(net.address(host)),
+                node: format!("server-{i}"),
+                host: Some((net, host)),
+            })
+            .collect();
+        let agents = agent_hosts
+            .iter()
+            .map(|&host| Place {
+                ports: Ports::usual(net.address(host)),
+                node: format!("host-{host}"),
+                host: Some((net, host)),
+            })
+            .collect();
+        Self::start_at(servers, agents).await
+    }
+
+    /// Starts a server at each of `servers` and a client agent at each of `agents`.
+    async fn start_at(servers: Vec<Place<'_>>, agents: Vec<Place<'_>>) -> ConsulCluster {
+        assert!(!servers.is_empty(), "a cluster has one server at least");
+        let program = server_program("consul", "REGISTRY_RS_CONSUL_BIN", "consul/usr/bin/consul");
+        let n = servers.len();
+        let joins: Vec<String> = servers
+            .iter()
+            .map(|p| p.ports.serf_lan().to_string())
+            .collect();
+        let mut specs = Vec::with_capacity(servers.len() + agents.len());
+        for (i, place) in servers.iter().enumerate() {
             // Every server but itself.
             let others: Vec<String> = joins
                 .iter()
@@ -91,38 +179,34 @@ impl ConsulCluster {
                 .filter(|(k, _)| *k != i)
                 .map(|(_, join)| join.clone())
                 .collect();
-            let http = ports.http;
-            specs.push(spec(
+            let http = place.ports.http();
+            specs.push(place.spec(
                 program.clone(),
-                format!("server-{i}"),
-                *ports,
                 others,
-                Some(servers),
+                Some(n),
                 Ready::Probe(Box::new(move || leader_of(http).is_some())),
             ));
         }
-        for (i, ports) in agent_ports.iter().enumerate() {
-            let node = format!("host-{i}");
-            let http = ports.http;
-            let probe_node = node.clone();
-            specs.push(spec(
+        for place in &agents {
+            let http = place.ports.http();
+            let node = place.node.clone();
+            specs.push(place.spec(
                 program.clone(),
-                node,
-                *ports,
                 joins.clone(),
                 None,
-                Ready::Probe(Box::new(move || agent_synced(http, &probe_node))),
+                Ready::Probe(Box::new(move || agent_synced(http, &node))),
             ));
         }
         // A server waits for the others (bootstrap-expect), a client agent for a leader:
         // start them all at once.
         let mut started = ServerProcess::start_together(specs).await;
-        let agents = started.split_off(servers);
+        let agent_processes = started.split_off(n);
         ConsulCluster {
             servers: started,
-            server_ports,
-            agents,
-            agent_ports,
+            server_ports: servers.iter().map(|p| p.ports).collect(),
+            agents: agent_processes,
+            agent_ports: agents.iter().map(|p| p.ports).collect(),
+            agent_nodes: agents.into_iter().map(|p| p.node).collect(),
         }
     }
 
@@ -133,30 +217,24 @@ impl ConsulCluster {
 
     /// The node name of a client agent (`host-N`).
     pub fn agent_node(&self, agent: usize) -> String {
-        format!("host-{agent}")
+        self.agent_nodes[agent].clone()
     }
 
-    /// `http://127.0.0.1:PORT` of a client agent's HTTP API.
+    /// `http://ADDRESS:PORT` of a client agent's HTTP API.
     pub fn agent_http(&self, agent: usize) -> String {
-        format!("http://127.0.0.1:{}", self.agent_ports[agent].http)
+        format!("http://{}", self.agent_ports[agent].http())
     }
 
-    /// `consul://127.0.0.1:PORT?options` of a client agent: how a service on that host
+    /// `consul://ADDRESS:PORT?options` of a client agent: how a service on that host
     /// reaches Consul.
     pub fn agent_url(&self, agent: usize, options: &str) -> String {
-        format!(
-            "consul://127.0.0.1:{}?{options}",
-            self.agent_ports[agent].http
-        )
+        format!("consul://{}?{options}", self.agent_ports[agent].http())
     }
 
-    /// `consul://127.0.0.1:PORT?options` of a server's own HTTP API (a server is an agent
+    /// `consul://ADDRESS:PORT?options` of a server's own HTTP API (a server is an agent
     /// too; services usually go through their host's client agent).
     pub fn server_url(&self, server: usize, options: &str) -> String {
-        format!(
-            "consul://127.0.0.1:{}?{options}",
-            self.server_ports[server].http
-        )
+        format!("consul://{}?{options}", self.server_ports[server].http())
     }
 
     /// Kills a client agent (SIGKILL), as its host dies, and waits until it is gone; its
@@ -174,7 +252,13 @@ impl ConsulCluster {
     /// Whether the catalog holds a client agent's node alive, with its checks as the agent
     /// has them (`false` when the agent does not answer).
     pub fn agent_synced(&self, agent: usize) -> bool {
-        agent_synced(self.agent_ports[agent].http, &self.agent_node(agent))
+        agent_synced(self.agent_ports[agent].http(), &self.agent_nodes[agent])
+    }
+
+    /// The server that leads in the view of `server` (it answers and knows a leader), which
+    /// may differ from the others' during a partition.
+    pub fn leader_known_by(&self, server: usize) -> Option<usize> {
+        leader_of(self.server_ports[server].http()).and_then(|at| self.server_on(at))
     }
 
     /// The last lines of a server's log.
@@ -187,68 +271,76 @@ impl ConsulCluster {
         self.agents[agent].log_tail()
     }
 
-    /// The server whose RPC port is `port`.
-    fn server_on(&self, port: u16) -> Option<usize> {
-        self.server_ports.iter().position(|p| p.server == port)
+    /// The server whose RPC address is `address`.
+    fn server_on(&self, address: SocketAddr) -> Option<usize> {
+        self.server_ports.iter().position(|p| p.server() == address)
     }
 }
 
-/// How to run one agent: a server when `bootstrap_expect` is given, else a client agent;
-/// joining `join` (serf LAN addresses), retried every second.
-fn spec(
-    program: PathBuf,
-    node: String,
-    ports: Ports,
-    join: Vec<String>,
-    bootstrap_expect: Option<usize>,
-    ready: Ready,
-) -> ServerSpec {
-    ServerSpec {
-        program,
-        args: Box::new(move |data| {
-            let mut args: Vec<OsString> = vec!["agent".into()];
-            if let Some(n) = bootstrap_expect {
-                args.extend(["-server".into(), format!("-bootstrap-expect={n}").into()]);
-            }
-            args.extend(["-node".into(), node.clone().into()]);
-            args.extend(["-data-dir".into(), data.as_os_str().to_owned()]);
-            for (flag, value) in [
-                ("-bind", "127.0.0.1".to_owned()),
-                ("-client", "127.0.0.1".to_owned()),
-                ("-server-port", ports.server.to_string()),
-                ("-serf-lan-port", ports.serf_lan.to_string()),
-                ("-serf-wan-port", ports.serf_wan.to_string()),
-                ("-http-port", ports.http.to_string()),
-                ("-dns-port", "-1".to_owned()),
-                ("-grpc-port", "-1".to_owned()),
-                ("-retry-interval", "1s".to_owned()),
-                ("-log-level", "info".to_owned()),
-            ] {
-                args.extend([flag.into(), value.into()]);
-            }
-            for address in &join {
-                args.extend(["-retry-join".into(), address.into()]);
-            }
-            for hcl in SETTINGS {
-                args.extend(["-hcl".into(), hcl.into()]);
-            }
-            args
-        }),
-        ready,
+impl Place<'_> {
+    /// How to run this agent: a server when `bootstrap_expect` is given, else a client
+    /// agent; joining `join` (serf LAN addresses), retried every second; in its host's
+    /// namespace when it has one.
+    fn spec(
+        &self,
+        program: PathBuf,
+        join: Vec<String>,
+        bootstrap_expect: Option<usize>,
+        ready: Ready,
+    ) -> ServerSpec {
+        let ports = self.ports;
+        let node = self.node.clone();
+        let spec = ServerSpec {
+            program,
+            args: Box::new(move |data| {
+                let mut args: Vec<OsString> = vec!["agent".into()];
+                if let Some(n) = bootstrap_expect {
+                    args.extend(["-server".into(), format!("-bootstrap-expect={n}").into()]);
+                }
+                args.extend(["-node".into(), node.clone().into()]);
+                args.extend(["-data-dir".into(), data.as_os_str().to_owned()]);
+                for (flag, value) in [
+                    // Bound to one address, an agent advertises it too.
+                    ("-bind", ports.ip.to_string()),
+                    ("-client", ports.ip.to_string()),
+                    ("-server-port", ports.server.to_string()),
+                    ("-serf-lan-port", ports.serf_lan.to_string()),
+                    ("-serf-wan-port", ports.serf_wan.to_string()),
+                    ("-http-port", ports.http.to_string()),
+                    ("-dns-port", "-1".to_owned()),
+                    ("-grpc-port", "-1".to_owned()),
+                    ("-retry-interval", "1s".to_owned()),
+                    ("-log-level", "info".to_owned()),
+                ] {
+                    args.extend([flag.into(), value.into()]);
+                }
+                for address in &join {
+                    args.extend(["-retry-join".into(), address.into()]);
+                }
+                for hcl in SETTINGS {
+                    args.extend(["-hcl".into(), hcl.into()]);
+                }
+                args
+            }),
+            ready,
+        };
+        match self.host {
+            Some((net, host)) => net.spec(host, spec),
+            None => spec,
+        }
     }
 }
 
-/// The body of `GET path` on the agent whose HTTP API is on `port`, when it answers 200
+/// The body of `GET path` on the agent whose HTTP API is at `address`, when it answers 200
 /// within a second or two.
-fn http_get(port: u16, path: &str) -> Option<String> {
-    let address = ([127, 0, 0, 1], port).into();
+fn http_get(address: SocketAddr, path: &str) -> Option<String> {
     let mut stream = TcpStream::connect_timeout(&address, Duration::from_millis(300)).ok()?;
     stream.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
     stream
         .set_write_timeout(Some(Duration::from_secs(1)))
         .ok()?;
     // HTTP/1.0: the answer is the body up to the end of the stream, never chunked.
-    let request = format!("GET {path} HTTP/1.0\r\nHost: 127.0.0.1:{port}\r\n\r\n");
+    let request = format!("GET {path} HTTP/1.0\r\nHost: {address}\r\n\r\n");
     stream.write_all(request.as_bytes()).ok()?;
     let mut answer = String::new();
     stream.read_to_string(&mut answer).ok()?;
@@ -259,22 +351,18 @@ fn http_get(port: u16, path: &str) -> Option<String> {
     Some(answer[body..].to_owned())
 }
 
-/// What the agent on `port` says of the leader (`GET /v1/status/leader`: `"127.0.0.1:PORT"`,
-/// or `""` without one): `Some(Some(port))`, the leader's server RPC port; `Some(None)`, it
-/// knows none; `None`, it does not answer.
-fn leader_known(port: u16) -> Option<Option<u16>> {
-    let body = http_get(port, "/v1/status/leader")?;
-    let address = body.trim().trim_matches('"');
-    Some(
-        address
-            .rsplit_once(':')
-            .and_then(|(_, port)| port.parse().ok()),
-    )
+/// What the agent at `http` says of the leader (`GET /v1/status/leader`:
+/// `"ADDRESS:PORT"`, or `""` without one): `Some(Some(address))`, the leader's server RPC
+/// address; `Some(None)`, it knows none; `None`, it does not answer.
+fn leader_known(http: SocketAddr) -> Option<Option<SocketAddr>> {
+    let body = http_get(http, "/v1/status/leader")?;
+    Some(body.trim().trim_matches('"').parse().ok())
 }
 
-/// The server RPC port of the leader the agent on `port` knows, if it answers and knows one.
-fn leader_of(port: u16) -> Option<u16> {
-    leader_known(port).flatten()
+/// The server RPC address of the leader the agent at `http` knows, if it answers and knows
+/// one.
+fn leader_of(http: SocketAddr) -> Option<SocketAddr> {
+    leader_known(http).flatten()
 }
 
 /// `CheckID` → `Status` of every check in a Consul JSON answer (its health checks' fields
@@ -299,15 +387,15 @@ fn check_statuses(json: &str) -> Vec<(String, String)> {
     checks
 }
 
-/// Whether the catalog (read through the agent on `port`) holds `node` alive (`serfHealth`
+/// Whether the catalog (read through the agent at `http`) holds `node` alive (`serfHealth`
 /// passing) with exactly the agent's own checks in the agent's own states: the agent has
 /// synced. A restarted agent is not, until its first full sync: until then the catalog
 /// still shows its checks as they were when it died.
-fn agent_synced(port: u16, node: &str) -> bool {
-    let Some(local) = http_get(port, "/v1/agent/checks") else {
+fn agent_synced(http: SocketAddr, node: &str) -> bool {
+    let Some(local) = http_get(http, "/v1/agent/checks") else {
         return false;
     };
-    let Some(catalog) = http_get(port, &format!("/v1/health/node/{node}")) else {
+    let Some(catalog) = http_get(http, &format!("/v1/health/node/{node}")) else {
         return false;
     };
     let mut catalog = check_statuses(&catalog);
@@ -334,20 +422,20 @@ impl Cluster for ConsulCluster {
             .agent_ports
             .first()
             .unwrap_or(&self.server_ports[0])
-            .http;
-        format!("consul://127.0.0.1:{http}{path_and_query}")
+            .http();
+        format!("consul://{http}{path_and_query}")
     }
 
     async fn leader(&self) -> usize {
         let deadline = Instant::now() + QUORUM_DEADLINE;
         loop {
             // What each server says (`None`: it does not answer, dead or frozen).
-            let known: Vec<Option<Option<u16>>> = self
+            let known: Vec<Option<Option<SocketAddr>>> = self
                 .server_ports
                 .iter()
-                .map(|p| leader_known(p.http))
+                .map(|p| leader_known(p.http()))
                 .collect();
-            let said: Vec<Option<u16>> = known.iter().flatten().copied().collect();
+            let said: Vec<Option<SocketAddr>> = known.iter().flatten().copied().collect();
             if let Some(&Some(first)) = said.first() {
                 let agreed = said.iter().all(|&p| p == Some(first));
                 // The leader answers too, and names itself (the others may name a dead
@@ -362,10 +450,10 @@ impl Cluster for ConsulCluster {
             assert!(
                 Instant::now() < deadline,
                 "the Consul servers did not agree on a leader within {QUORUM_DEADLINE:?}: \
-                 {known:?} (server RPC ports {:?})",
+                 {known:?} (server RPC addresses {:?})",
                 self.server_ports
                     .iter()
-                    .map(|p| p.server)
+                    .map(|p| p.server())
                     .collect::<Vec<_>>()
             );
             sleep(Duration::from_millis(100)).await;
