@@ -12,8 +12,8 @@ use tokio::task::AbortHandle;
 use tokio::time::Instant;
 
 use super::{RegistrationState, RegistrationStatus, Store};
-use crate::validate::{validate_id, validate_name};
 use crate::telemetry::{self, StateGauge};
+use crate::validate::{validate_id, validate_name};
 use crate::{Backoff, Error, Result, ServiceInstance};
 
 /// The first pause before writing a lost registration again (jittered, doubling up to
