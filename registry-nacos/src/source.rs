@@ -179,12 +179,20 @@ impl NacosSource {
         self.subscriptions.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Whether the server answers: one page of one service name, shared by every watch
-    /// probing within [`PROBE_EVERY`].
+    /// Whether the server answers: one page of one service name. An answer is shared by
+    /// every watch probing within [`PROBE_EVERY`]; a failure only by the watches that waited
+    /// for that probe: a follow started after it probes again (it follows the connection
+    /// nacos-sdk made since; the failure served again made each new follow fail at once, a
+    /// burst of outages and recoveries told for one).
     async fn probe(&self) -> Result<()> {
+        let asked = Instant::now();
         let mut probed = self.probed.lock().await;
         if let Some((at, result)) = probed.as_ref() {
-            if at.elapsed() < PROBE_EVERY {
+            let shared = match result {
+                Ok(()) => at.elapsed() < PROBE_EVERY,
+                Err(_) => *at >= asked,
+            };
+            if shared {
                 return result.clone();
             }
         }
