@@ -21,7 +21,7 @@ use registry_core::{Registry, ServiceInstance, WatchEvent, Watcher};
 use tokio::sync::{watch, MutexGuard};
 use tokio::time::{sleep, timeout, Instant};
 
-use crate::{instance, lists};
+use crate::lists;
 
 /// How long a cluster may take to elect a leader, and a member to rejoin it.
 pub const QUORUM_DEADLINE: Duration = Duration::from_secs(30);
@@ -233,6 +233,15 @@ pub const CLUSTER_SLACK: Duration = Duration::from_secs(10);
 /// How many registrations a [`FaultCase`] holds through the fault.
 pub const INSTANCES: usize = 3;
 
+/// [`crate::instance`]`(service, id)` with its endpoint at port 9000 + `n`: each instance of
+/// a fault case at an address of its own, as registries that key instances by address
+/// (Nacos: by ip and port within a service) need to keep them apart.
+fn instance(service: &str, id: &str, n: u16) -> ServiceInstance {
+    let mut instance = crate::instance(service, id);
+    instance.endpoints = vec![format!("grpc://127.0.0.1:{}", 9000 + n)];
+    instance
+}
+
 /// One cluster fault case: an owner holding [`INSTANCES`] registrations of [`SERVICE`] and
 /// a watcher of it (through another client) created before the fault, and a second watcher
 /// through that client, of [`CHANGES`], where a change is made after the fault. The test
@@ -281,7 +290,7 @@ impl<R: Registry + 'static> FaultCase<R> {
         backoff: Duration,
     ) -> FaultCase<R> {
         let truth: Vec<ServiceInstance> = (1..=INSTANCES)
-            .map(|i| instance(SERVICE, &format!("i{i}")))
+            .map(|i| instance(SERVICE, &format!("i{i}"), i as u16))
             .collect();
         for instance in &truth {
             owner.register(instance).await.expect("register");
@@ -396,7 +405,7 @@ impl<R: Registry + 'static> FaultCase<R> {
                 }
             }
         };
-        let change = instance(CHANGES, "after-the-fault");
+        let change = instance(CHANGES, "after-the-fault", 0);
         crate::eventually(left(), "the fresh client registers", || async {
             fresh.register(&change).await.is_ok()
         })
@@ -512,7 +521,7 @@ impl<R: Registry + 'static> FaultCase<R> {
         }
 
         // The watcher from before the fault still follows changes.
-        let probe = instance(SERVICE, "probe");
+        let probe = instance(SERVICE, "probe", INSTANCES as u16 + 1);
         let mut with_probe = self.truth.clone();
         with_probe.push(probe.clone());
         fresh.register(&probe).await.expect("register the probe");
