@@ -28,7 +28,7 @@
 //! nacos-sdk picks a server of the URL at random, so the clients are put on a node by
 //! connecting until they land there (the node is found from this process' own TCP
 //! connections). The cases run one at a time (three rnacos processes each). A minority
-//! partition needs network namespaces: not here.
+//! partition runs in a network of its own, in a test binary of its own: `tests/partition.rs`.
 
 mod support;
 

@@ -1,11 +1,13 @@
 //! An rnacos cluster of a test's own (its cluster mode): n nodes on 127.0.0.1, each with its
 //! own HTTP, gRPC (HTTP + 1000, what nacos-sdk assumes) and console ports and data
-//! directory, killed and deleted with the cluster.
+//! directory, killed and deleted with the cluster ([`NacosCluster::start`]); or each node on
+//! a host of a [`Net`], on rnacos' usual ports (8848, 9848, 10848) at its host's address,
+//! where the network can be cut ([`NacosCluster::start_in`]).
 //!
 //! rnacos keeps two kinds of state, kept apart in its cluster mode:
 //!
 //! - its configuration, users and node list in raft (the raft peers talk over the gRPC
-//!   port; `RNACOS_RAFT_NODE_ADDR` is `127.0.0.1:GRPC`): node 1 initializes a cluster of
+//!   port; `RNACOS_RAFT_NODE_ADDR` is `ADDRESS:GRPC`): node 1 initializes a cluster of
 //!   its own (`RNACOS_RAFT_AUTO_INIT`), the others join it on their first start
 //!   (`RNACOS_RAFT_JOIN_ADDR`, asked once: they start one after the other), and a node
 //!   started again with its data keeps its place. `GET /nacos/v1/raft/metrics` on a node's
@@ -25,7 +27,7 @@
 
 use std::ffi::OsString;
 use std::io::{Read, Write};
-use std::net::TcpStream;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpStream};
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -33,6 +35,7 @@ use async_trait::async_trait;
 use tokio::time::{sleep, Instant};
 
 use crate::cluster::{Cluster, QUORUM_DEADLINE};
+use crate::netns::Net;
 use crate::{free_port, run_id, server_program, Ready, ServerProcess, ServerSpec};
 
 /// How long an rnacos node goes unheard before its peers mark it invalid and drop the
@@ -61,14 +64,19 @@ pub struct RaftMetrics {
 /// Asks the node whose HTTP port is `port` for its raft metrics. `None` when it does not
 /// answer.
 pub fn raft_metrics(port: u16) -> Option<RaftMetrics> {
-    let address = ([127, 0, 0, 1], port).into();
+    raft_metrics_at(SocketAddr::from(([127, 0, 0, 1], port)))
+}
+
+/// Asks the node whose HTTP address is `address` for its raft metrics. `None` when it does
+/// not answer.
+pub fn raft_metrics_at(address: SocketAddr) -> Option<RaftMetrics> {
     let mut stream = TcpStream::connect_timeout(&address, Duration::from_millis(300)).ok()?;
     stream.set_read_timeout(Some(Duration::from_secs(1))).ok()?;
     stream
         .set_write_timeout(Some(Duration::from_secs(1)))
         .ok()?;
     // HTTP/1.0: the answer is the body up to the end of the stream, never chunked.
-    let request = format!("GET /nacos/v1/raft/metrics HTTP/1.0\r\nHost: 127.0.0.1:{port}\r\n\r\n");
+    let request = format!("GET /nacos/v1/raft/metrics HTTP/1.0\r\nHost: {address}\r\n\r\n");
     stream.write_all(request.as_bytes()).ok()?;
     let mut answer = String::new();
     stream.read_to_string(&mut answer).ok()?;
@@ -108,10 +116,21 @@ fn json_value<'a>(json: &'a str, key: &str) -> Option<&'a str> {
     Some(rest[..end].trim())
 }
 
-/// How many TCP connections this process holds open to each of `ports` on 127.0.0.1 (from
-/// `/proc/self/net/tcp` and the process' file descriptors; Linux only).
-pub fn connections_to(ports: &[u16]) -> Vec<usize> {
-    let mut counts = vec![0; ports.len()];
+/// How many TCP (IPv4) connections this process holds open to each of `addresses` (from
+/// the process' file descriptors and `/proc/thread-self/net/tcp`: the table of the calling
+/// thread's network namespace, which may not be the main thread's, see [`Net::run`]; Linux
+/// only).
+pub fn connections_to(addresses: &[SocketAddr]) -> Vec<usize> {
+    let mut counts = vec![0; addresses.len()];
+    // /proc/net/tcp writes an address as the hex of its 32-bit value in host order, then
+    // the port in hex.
+    let keys: Vec<Option<(String, u16)>> = addresses
+        .iter()
+        .map(|a| match a.ip() {
+            IpAddr::V4(ip) => Some((format!("{:08X}", u32::from_ne_bytes(ip.octets())), a.port())),
+            IpAddr::V6(_) => None,
+        })
+        .collect();
     let Ok(fds) = std::fs::read_dir("/proc/self/fd") else {
         return counts;
     };
@@ -128,7 +147,7 @@ pub fn connections_to(ports: &[u16]) -> Vec<usize> {
             )
         })
         .collect();
-    let table = std::fs::read_to_string("/proc/self/net/tcp").unwrap_or_default();
+    let table = std::fs::read_to_string("/proc/thread-self/net/tcp").unwrap_or_default();
     for line in table.lines().skip(1) {
         let fields: Vec<&str> = line.split_whitespace().collect();
         // sl local rem st tx:rx tr:when retrnsmt uid timeout inode
@@ -144,17 +163,25 @@ pub fn connections_to(ports: &[u16]) -> Vec<usize> {
         let Some((host, port)) = remote.split_once(':') else {
             continue;
         };
-        if host != "0100007F" {
-            continue;
-        }
         let Ok(port) = u16::from_str_radix(port, 16) else {
             continue;
         };
-        if let Some(i) = ports.iter().position(|p| *p == port) {
+        if let Some(i) = keys
+            .iter()
+            .position(|k| k.as_ref().is_some_and(|(h, p)| h == host && *p == port))
+        {
             counts[i] += 1;
         }
     }
     counts
+}
+
+/// Where a node runs: its HTTP address (gRPC on its port + 1000), its console port, and the
+/// host of a [`Net`] it runs in, if any.
+struct Place<'a> {
+    http: SocketAddr,
+    console: u16,
+    host: Option<(&'a Net, usize)>,
 }
 
 /// An rnacos cluster of a test's own: `n` nodes on 127.0.0.1 (raft ids 1 to n, in the
@@ -163,7 +190,8 @@ pub fn connections_to(ports: &[u16]) -> Vec<usize> {
 /// deletes its data.
 pub struct NacosCluster {
     nodes: Vec<ServerProcess>,
-    http_ports: Vec<u16>,
+    /// Each node's HTTP address (its gRPC port is the HTTP port + 1000).
+    http: Vec<SocketAddr>,
     /// Whether each node runs (not killed) and answers (not paused).
     serving: Vec<bool>,
 }
@@ -173,26 +201,56 @@ impl NacosCluster {
     /// once every node is a member and they agree on a leader.
     pub async fn start(n: usize) -> NacosCluster {
         assert!(n > 0, "a cluster has one node at least");
-        let program = server_program("nacos", "REGISTRY_RS_RNACOS_BIN", "rnacos/bin/rnacos");
         // rnacos serves gRPC on the HTTP port + 1000 (nacos-sdk assumes it too).
-        let http_ports: Vec<u16> = (0..n)
+        let places: Vec<Place> = (0..n)
             .map(|_| loop {
                 let port = free_port();
                 if port < 60000 && std::net::TcpListener::bind(("127.0.0.1", port + 1000)).is_ok() {
-                    break port;
+                    break Place {
+                        http: SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), port),
+                        console: free_port(),
+                        host: None,
+                    };
                 }
             })
             .collect();
-        let raft_addr = |i: usize| format!("127.0.0.1:{}", http_ports[i] + 1000);
+        Self::start_at(places).await
+    }
+
+    /// Starts a node on each of `hosts` of `net` (node `i` on host `hosts[i]`), on rnacos'
+    /// usual ports at its host's address (HTTP 8848, gRPC and raft 9848, console 10848; it
+    /// listens on every address of its host and advertises its host's), one after the other
+    /// as [`start`](Self::start). Call it from test code that runs in one of `net`'s hosts
+    /// ([`Net::run`]): every node is reached at its host's address.
+    pub async fn start_in(net: &Net, hosts: &[usize]) -> NacosCluster {
+        assert!(!hosts.is_empty(), "a cluster has one node at least");
+        let places = hosts
+            .iter()
+            .map(|&host| Place {
+                http: SocketAddr::new(net.address(host), 8848),
+                console: 10848,
+                host: Some((net, host)),
+            })
+            .collect();
+        Self::start_at(places).await
+    }
+
+    /// Starts a node at each of `places`, one after the other.
+    async fn start_at(places: Vec<Place<'_>>) -> NacosCluster {
+        let n = places.len();
+        let program = server_program("nacos", "REGISTRY_RS_RNACOS_BIN", "rnacos/bin/rnacos");
+        let grpc = |http: SocketAddr| SocketAddr::new(http.ip(), http.port() + 1000);
+        let raft_addr = |i: usize| grpc(places[i].http).to_string();
         // Only nodes of this cluster talk to each other.
         let token = format!("registry-test-{}", run_id());
         let mut nodes = Vec::with_capacity(n);
-        for (i, &http_port) in http_ports.iter().enumerate() {
+        for (i, place) in places.iter().enumerate() {
             let id = i as u64 + 1;
+            let http = place.http;
             let env = vec![
-                format!("RNACOS_HTTP_PORT={http_port}"),
-                format!("RNACOS_GRPC_PORT={}", http_port + 1000),
-                format!("RNACOS_HTTP_CONSOLE_PORT={}", free_port()),
+                format!("RNACOS_HTTP_PORT={}", http.port()),
+                format!("RNACOS_GRPC_PORT={}", http.port() + 1000),
+                format!("RNACOS_HTTP_CONSOLE_PORT={}", place.console),
                 format!("RNACOS_RAFT_NODE_ID={id}"),
                 format!("RNACOS_RAFT_NODE_ADDR={}", raft_addr(i)),
                 format!("RNACOS_CLUSTER_TOKEN={token}"),
@@ -228,15 +286,15 @@ impl NacosCluster {
                     args
                 }),
                 ready: Ready::Probe(Box::new(move || {
-                    let ports_open = [http_port, http_port + 1000].iter().all(|port| {
-                        TcpStream::connect_timeout(
-                            &([127, 0, 0, 1], *port).into(),
-                            Duration::from_millis(200),
-                        )
-                        .is_ok()
+                    let ports_open = [http, grpc(http)].iter().all(|address| {
+                        TcpStream::connect_timeout(address, Duration::from_millis(200)).is_ok()
                     });
-                    ports_open && raft_metrics(http_port).is_some_and(|m| m.leader.is_some())
+                    ports_open && raft_metrics_at(http).is_some_and(|m| m.leader.is_some())
                 })),
+            };
+            let spec = match place.host {
+                Some((net, host)) => net.spec(host, spec),
+                None => spec,
             };
             // A node joins through node 0, once, at its start: one after the other, each
             // once the last is a member.
@@ -244,14 +302,14 @@ impl NacosCluster {
             crate::eventually(
                 QUORUM_DEADLINE,
                 &format!("rnacos node {i} is a member"),
-                || async move { raft_metrics(http_port).is_some_and(|m| m.members.contains(&id)) },
+                || async move { raft_metrics_at(http).is_some_and(|m| m.members.contains(&id)) },
             )
             .await;
         }
         let cluster = NacosCluster {
             serving: vec![true; nodes.len()],
             nodes,
-            http_ports,
+            http: places.iter().map(|p| p.http).collect(),
         };
         cluster.all_members().await;
         cluster
@@ -278,26 +336,31 @@ impl NacosCluster {
         }
     }
 
-    /// `127.0.0.1:PORT` of a node's HTTP port (its gRPC port is PORT + 1000).
+    /// `ADDRESS:PORT` of a node's HTTP port (its gRPC port is PORT + 1000).
     pub fn host(&self, node: usize) -> String {
-        format!("127.0.0.1:{}", self.http_ports[node])
+        self.http[node].to_string()
     }
 
-    /// `http://127.0.0.1:PORT` of a node, for the HTTP open API.
+    /// `http://ADDRESS:PORT` of a node, for the HTTP open API.
     pub fn http(&self, node: usize) -> String {
         format!("http://{}", self.host(node))
     }
 
     /// A node's raft metrics, `None` when it does not answer.
     pub fn metrics(&self, node: usize) -> Option<RaftMetrics> {
-        raft_metrics(self.http_ports[node])
+        raft_metrics_at(self.http[node])
     }
 
     /// How many gRPC connections this process holds open to each node: the nodes a
     /// nacos-sdk client of this process is connected to (nacos-sdk picks a server at random,
-    /// and another on each reconnection).
+    /// and another on each reconnection). Counted in the calling thread's network namespace
+    /// (a host's, in [`Net::run`]).
     pub fn connections(&self) -> Vec<usize> {
-        let grpc: Vec<u16> = self.http_ports.iter().map(|p| p + 1000).collect();
+        let grpc: Vec<SocketAddr> = self
+            .http
+            .iter()
+            .map(|a| SocketAddr::new(a.ip(), a.port() + 1000))
+            .collect();
         connections_to(&grpc)
     }
 
