@@ -14,126 +14,16 @@
 //! a process whose first client was made outside (`tests/cluster.rs`), a client made in
 //! host 0 would connect from the machine's own namespace, and reach no node.
 
+mod cluster_support;
 mod support;
 
-use std::time::Duration;
-
-use registry_core::{Discovery, Registry, WatchEvent};
-use registry_nacos::{Config, NacosRegistry};
-use test_support::nacos_cluster::{NacosCluster, NODE_TIMEOUT};
+use cluster_support::*;
+use test_support::nacos_cluster::NacosCluster;
 use test_support::netns::Net;
 use test_support::{
-    describe_from, eventually, one_cluster_at_a_time, Cluster, FaultCase, WatchLog, CLUSTER_SLACK,
-    INSTANCES, SERVICE,
+    describe_from, eventually, one_cluster_at_a_time, Cluster, CLUSTER_SLACK, INSTANCES,
 };
 use tokio::time::Instant;
-
-/// How long the copies of a dead node's clients' instances stay listed on the other nodes:
-/// rnacos' node timeout, plus its check period (3 s).
-const EXPIRY: Duration = Duration::from_secs(NODE_TIMEOUT.as_secs() + 3);
-/// The longest pause in the clients' retries: the registration's check (every 3 s) finds
-/// the connection gone, nacos-sdk reconnects 2 s later, and 4 s after that when the first
-/// attempt fails too (a node of a rolling restart still starting).
-const BACKOFF: Duration = Duration::from_secs(8);
-/// The options of every client.
-const OPTIONS: &str = "?namespace=public";
-/// The Nacos service holding [`SERVICE`]'s instances (their endpoints are gRPC).
-const SERVICE_GRPC: &str = "svc.grpc";
-
-async fn connect(url: &str) -> registry_core::Result<NacosRegistry> {
-    NacosRegistry::connect(Config::from_url(url)?).await
-}
-
-/// A client connected to `node`: nacos-sdk starts on a server of the URL at random, so
-/// this connects until one lands there (closing the others).
-async fn connect_on(cluster: &NacosCluster, url: &str, node: usize) -> NacosRegistry {
-    for _ in 0..40 {
-        let before = cluster.connections();
-        let client = connect(url).await.expect("connect");
-        let after = cluster.connections();
-        let on: Vec<usize> = (0..cluster.len())
-            .filter(|&i| after[i] > before[i])
-            .collect();
-        if on == [node] {
-            return client;
-        }
-        let _ = client.close().await;
-    }
-    panic!("no client landed on node {node} in 40 attempts");
-}
-
-/// The nodes this process holds connections to, for the messages.
-fn placement(cluster: &NacosCluster) -> String {
-    let connections = cluster.connections();
-    (0..cluster.len())
-        .filter(|&i| connections[i] > 0)
-        .map(|i| format!("node {i}: {} connection(s)", connections[i]))
-        .collect::<Vec<_>>()
-        .join(", ")
-}
-
-/// How many healthy instances of the Nacos service `service` a node lists (HTTP open API);
-/// `None` when it does not answer.
-async fn healthy_on(cluster: &NacosCluster, node: usize, service: &str) -> Option<usize> {
-    let answer = reqwest::Client::new()
-        .get(format!("{}/nacos/v1/ns/instance/list", cluster.http(node)))
-        .query(&[
-            ("serviceName", service),
-            ("groupName", "DEFAULT_GROUP"),
-            ("namespaceId", "public"),
-            ("healthyOnly", "true"),
-        ])
-        .timeout(Duration::from_secs(1))
-        .send()
-        .await
-        .ok()?;
-    let body: serde_json::Value = answer.json().await.ok()?;
-    Some(body["hosts"].as_array()?.len())
-}
-
-/// The case, with the owner and the watching client both on `node`; returns once every node
-/// lists the instances (rnacos answers a registration before it copies it to the others).
-async fn prepare(label: &str, cluster: &NacosCluster, node: usize) -> FaultCase<NacosRegistry> {
-    let url = cluster.url(OPTIONS);
-    let owner = connect_on(cluster, &url, node).await;
-    let watching = connect_on(cluster, &url, node).await;
-    let case = FaultCase::prepare(label, owner, watching, EXPIRY, BACKOFF).await;
-    let registered = Instant::now();
-    eventually(
-        Duration::from_secs(10),
-        "every node lists the instances",
-        || async {
-            let mut all = true;
-            for node in 0..cluster.len() {
-                all &= healthy_on(cluster, node, SERVICE_GRPC).await == Some(INSTANCES);
-            }
-            all
-        },
-    )
-    .await;
-    println!(
-        "[cluster] {label}: every node listed the instances {:.2} s after the watcher did",
-        registered.elapsed().as_secs_f64()
-    );
-    case
-}
-
-/// A watcher of [`SERVICE`] through the watching client, once it lists every instance.
-async fn follow(case: &FaultCase<NacosRegistry>) -> WatchLog {
-    let mut log = WatchLog::follow(case.watching().watch(SERVICE).await.expect("watch"));
-    let truth = case.watching().get_service(SERVICE).await.expect("list");
-    assert_eq!(truth.len(), INSTANCES, "{truth:?}");
-    log.reaches(&truth, test_support::START_DEADLINE).await;
-    log
-}
-
-/// The lists short of an instance the watcher delivered from `began` on.
-fn short_lists(log: &WatchLog, began: Instant) -> usize {
-    log.events_since(began)
-        .iter()
-        .filter(|(_, e)| matches!(e, WatchEvent::Changed(l) if l.len() < INSTANCES))
-        .count()
-}
 
 /// The hosts of the partition case's nodes (node `i` on host `i + 1`); the clients run on
 /// host 0, which reaches every node.
