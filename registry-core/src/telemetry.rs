@@ -129,15 +129,36 @@ impl WatchGauges {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use metrics_exporter_prometheus::PrometheusBuilder;
 
+    use super::REGISTRATIONS;
     use crate::{MemoryRegistry, Registrar, ServiceInstance};
 
-    /// `name{labels} value` in the page, for labels given in the order the page shows them.
-    fn line(page: &str, series: &str) -> Option<f64> {
+    /// The value of the metric `name` with these labels (all of them), from the Prometheus page
+    /// `recorder` renders now.
+    pub(crate) fn metric(
+        recorder: &metrics_exporter_prometheus::PrometheusHandle,
+        name: &str,
+        labels: &[(&str, &str)],
+    ) -> Option<f64> {
+        let page = recorder.render();
         page.lines()
-            .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+            .filter(|line| !line.starts_with('#'))
+            .filter_map(|line| {
+                let (series, value) = line.rsplit_once(' ')?;
+                let inside = series
+                    .strip_prefix(name)?
+                    .strip_prefix('{')?
+                    .strip_suffix('}')?;
+                let pairs: Vec<&str> = inside.split(',').collect();
+                (pairs.len() == labels.len()
+                    && labels
+                        .iter()
+                        .all(|(k, v)| pairs.contains(&format!("{k}=\"{v}\"").as_str())))
+                .then(|| value.parse().ok())?
+            })
+            .next()
     }
 
     // A registration counts under its state while its task lives, and under none once
@@ -146,7 +167,7 @@ mod tests {
     fn registrations_count_by_state() {
         let recorder = PrometheusBuilder::new().build_recorder();
         let metrics = recorder.handle();
-        let registered = "registry_registrations{backend=\"memory\",state=\"registered\"}";
+        let registered = [("backend", "memory"), ("state", "registered")];
         metrics::with_local_recorder(&recorder, || {
             let runtime = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
@@ -159,9 +180,9 @@ mod tests {
                     .build()
                     .expect("an instance");
                 registry.register(&instance).await.expect("register");
-                assert_eq!(line(&metrics.render(), registered), Some(1.0));
+                assert_eq!(metric(&metrics, REGISTRATIONS, &registered), Some(1.0));
                 registry.deregister(&instance).await.expect("deregister");
-                assert_eq!(line(&metrics.render(), registered), Some(0.0));
+                assert_eq!(metric(&metrics, REGISTRATIONS, &registered), Some(0.0));
             });
         });
     }

@@ -343,32 +343,6 @@ async fn close_releases_and_ends_every_watcher_and_shutdown_ends_them_too() {
     assert_eq!(watches.upstreams(), 0);
 }
 
-/// The value of the metric `name` with these labels (all of them), from the Prometheus page
-/// `recorder` renders now.
-fn metric(
-    recorder: &metrics_exporter_prometheus::PrometheusHandle,
-    name: &str,
-    labels: &[(&str, &str)],
-) -> Option<f64> {
-    let page = recorder.render();
-    page.lines()
-        .filter(|line| !line.starts_with('#'))
-        .filter_map(|line| {
-            let (series, value) = line.rsplit_once(' ')?;
-            let inside = series
-                .strip_prefix(name)?
-                .strip_prefix('{')?
-                .strip_suffix('}')?;
-            let pairs: Vec<&str> = inside.split(',').collect();
-            (pairs.len() == labels.len()
-                && labels
-                    .iter()
-                    .all(|(k, v)| pairs.contains(&format!("{k}=\"{v}\"").as_str())))
-            .then(|| value.parse().ok())?
-        })
-        .next()
-}
-
 // The watch's metrics follow its upstream: instances listed, staleness 0 while it follows,
 // growing during an outage (at each retry), back to 0 on recovery; failures counted.
 #[test]
@@ -395,25 +369,42 @@ fn the_watch_metrics_follow_the_upstream() {
             let watches = Watches::new(source);
             let mut w = watches.watch("svc").await.unwrap();
             assert!(matches!(event(&mut w).await, WatchEvent::Changed(_)));
-            assert_eq!(metric(&metrics, WATCHED_INSTANCES, &service), Some(2.0));
-            assert_eq!(metric(&metrics, WATCH_STALENESS, &service), Some(0.0));
-            assert_eq!(metric(&metrics, ERRORS, &errors), None);
+            assert_eq!(
+                crate::telemetry::tests::metric(&metrics, WATCHED_INSTANCES, &service),
+                Some(2.0)
+            );
+            assert_eq!(
+                crate::telemetry::tests::metric(&metrics, WATCH_STALENESS, &service),
+                Some(0.0)
+            );
+            assert_eq!(
+                crate::telemetry::tests::metric(&metrics, ERRORS, &errors),
+                None
+            );
 
             following(&script, 1).await;
             script.down(true);
             assert!(matches!(event(&mut w).await, WatchEvent::Degraded(_)));
             eventually("retried for a while", || {
-                metric(&metrics, WATCH_STALENESS, &service).is_some_and(|s| s >= 1.0)
+                crate::telemetry::tests::metric(&metrics, WATCH_STALENESS, &service)
+                    .is_some_and(|s| s >= 1.0)
             })
             .await;
-            assert!(metric(&metrics, ERRORS, &errors).is_some_and(|n| n >= 2.0));
+            assert!(crate::telemetry::tests::metric(&metrics, ERRORS, &errors)
+                .is_some_and(|n| n >= 2.0));
 
             script.set(vec![instance("a")]);
             script.down(false);
             assert!(matches!(event(&mut w).await, WatchEvent::Recovered));
             assert!(matches!(event(&mut w).await, WatchEvent::Changed(_)));
-            assert_eq!(metric(&metrics, WATCH_STALENESS, &service), Some(0.0));
-            assert_eq!(metric(&metrics, WATCHED_INSTANCES, &service), Some(1.0));
+            assert_eq!(
+                crate::telemetry::tests::metric(&metrics, WATCH_STALENESS, &service),
+                Some(0.0)
+            );
+            assert_eq!(
+                crate::telemetry::tests::metric(&metrics, WATCHED_INSTANCES, &service),
+                Some(1.0)
+            );
         });
     });
 }
