@@ -20,6 +20,7 @@ mod error;
 #[cfg(feature = "fuzzing")]
 pub mod fuzzing;
 mod node;
+mod service_watch;
 mod session;
 mod source;
 mod store;

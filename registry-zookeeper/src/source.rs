@@ -8,12 +8,11 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use registry_core::watch::{Source, Stop, Updates};
 use registry_core::{Error, Result, ServiceInstance};
-use zookeeper_client::{
-    AddWatchMode, Client, Error as Z, EventType, MultiReadResult, SessionState,
-};
+use zookeeper_client::{Client, Error as Z, MultiReadResult};
 
 use crate::error::map_err;
 use crate::node::{timed, timed_raw};
+use crate::service_watch::{change, watch_service, Change};
 use crate::session::Zk;
 
 /// Decodes a node's data: `None` (said once, by the core) when it is not a valid instance
@@ -219,49 +218,30 @@ async fn follow_session(
     updates: &Updates<()>,
 ) -> Result<std::convert::Infallible> {
     let client = zk.client().await?;
-    let mut watcher = timed(
-        zk,
-        "watch",
-        client.watch(service_path, AddWatchMode::PersistentRecursive),
-    )
-    .await?;
+    let mut watcher = timed(zk, "watch", watch_service(&client, service_path)).await?;
     updates.following();
     let mut instances = list(zk, &client, service_path, name).await?;
     updates.list(instances.values().cloned().collect(), ());
-    let prefix = format!("{service_path}/");
     loop {
         let event = watcher.changed().await;
-        match event.event_type {
-            EventType::Session => match event.session_state {
-                SessionState::SyncConnected | SessionState::ConnectedReadOnly => continue,
-                state => {
-                    return Err(Error::Unavailable {
-                        message: format!("ZooKeeper connection lost: {state:?}"),
-                        source: None,
-                    })
-                }
-            },
-            EventType::NodeCreated | EventType::NodeDataChanged => {
-                let Some(child) = event
-                    .path
-                    .strip_prefix(&prefix)
-                    .filter(|c| !c.contains('/'))
-                else {
-                    continue;
-                };
+        match change(&event, service_path) {
+            Change::Connected | Change::Other => continue,
+            Change::Lost(state) => {
+                return Err(Error::Unavailable {
+                    message: format!("ZooKeeper connection lost: {state:?}"),
+                    source: None,
+                })
+            }
+            Change::Written(child) => {
                 match read(zk, &client, &event.path, name).await? {
                     Some(instance) => instances.insert(child.to_owned(), instance),
                     None => instances.remove(child),
                 };
             }
-            EventType::NodeDeleted => {
-                if event.path == service_path {
-                    instances.clear();
-                } else if let Some(child) = event.path.strip_prefix(&prefix) {
-                    instances.remove(child);
-                }
+            Change::Deleted(child) => {
+                instances.remove(child);
             }
-            EventType::NodeChildrenChanged => continue,
+            Change::ServiceDeleted => instances.clear(),
         }
         updates.list(instances.values().cloned().collect(), ());
     }
