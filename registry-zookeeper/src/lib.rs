@@ -106,7 +106,7 @@ impl ZkRegistry {
         let hub = Watches::with_config(ZkSource { zk: zk.clone() }, zk.config.watch.clone());
         Ok(ZkRegistry {
             supervisor: tokio::spawn(session::supervise(zk.clone())),
-            registrations: Registrations::new(ZkStore { zk: zk.clone() }),
+            registrations: Registrations::new(ZkStore::new(zk.clone())),
             zk,
             hub,
         })

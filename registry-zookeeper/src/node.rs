@@ -7,6 +7,7 @@ use registry_core::{Error, Result, ServiceInstance};
 use zookeeper_client::{Client, Error as Z, Stat};
 
 use crate::error::map_err;
+use crate::service_watch::Tracked;
 use crate::session::Zk;
 
 /// The node of a registration as this registry wrote it last: the lease the core's
@@ -21,6 +22,9 @@ pub(crate) struct Written {
     /// Set once the registration's hold saw the node lost (deleted, taken over, its session
     /// ended): the next write then checks who owns the path before writing.
     lost: Arc<AtomicBool>,
+    /// The node as the service's shared watch tracks it for the hold; `None` where the
+    /// server has no persistent watches.
+    tracked: Option<Tracked>,
 }
 
 impl Written {
@@ -29,7 +33,18 @@ impl Written {
             session,
             version: (!stat.is_invalid() && stat.version >= 0).then_some(stat.version),
             lost: Arc::default(),
+            tracked: None,
         }
+    }
+
+    /// The same, tracked by the service's shared watch as `tracked`.
+    pub(crate) fn tracked(self, tracked: Option<Tracked>) -> Self {
+        Written { tracked, ..self }
+    }
+
+    /// How the service's shared watch tracks the node.
+    pub(crate) fn tracking(&self) -> Option<&Tracked> {
+        self.tracked.as_ref()
     }
 
     /// The registration's hold saw the node lost.
