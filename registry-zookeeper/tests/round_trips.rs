@@ -3,7 +3,9 @@
 //! are made only when the create says they are missing), an update of a node the session
 //! holds is one `setData`, and a list reads its children's data in a few multi-reads, not one
 //! read per child; and the ownership rules hold on the short path too: a node another session
-//! put in place of ours is left alone.
+//! put in place of ours is left alone. The holds of a service's registrations share one watch
+//! of the service: they send no request of their own until a node of theirs is deleted, and
+//! then only that node's hold checks it and writes it again.
 
 mod support;
 
@@ -22,11 +24,16 @@ const WITHIN: Duration = Duration::from_secs(20);
 /// ZooKeeper's op codes of the writes and reads a registration may send.
 const CREATE: i32 = 1;
 const DELETE: i32 = 2;
+const EXISTS: i32 = 3;
 const GET_DATA: i32 = 4;
 const SET_DATA: i32 = 5;
+const PING: i32 = 11;
 const MULTI: i32 = 14;
 const CREATE2: i32 = 15;
+const REMOVE_WATCHES: i32 = 18;
 const MULTI_READ: i32 = 22;
+const GET_EPHEMERALS: i32 = 103;
+const ADD_WATCH: i32 = 106;
 
 /// The op codes of the requests that went through the proxy, in order (pings, the
 /// connect request and watch bookkeeping included; tests pick what they count).
@@ -95,6 +102,25 @@ fn writes_since(seen: &Seen, from: usize) -> Vec<&'static str> {
         .collect()
 }
 
+/// Every request recorded since `from` but pings, by name (the op code where it has none).
+fn requests_since(seen: &Seen, from: usize) -> Vec<String> {
+    seen.lock().expect("lock")[from..]
+        .iter()
+        .filter(|op| **op != PING)
+        .map(|op| match *op {
+            CREATE | CREATE2 => "create".into(),
+            DELETE => "delete".into(),
+            EXISTS => "exists".into(),
+            GET_DATA => "getData".into(),
+            SET_DATA => "setData".into(),
+            REMOVE_WATCHES => "removeWatches".into(),
+            GET_EPHEMERALS => "getEphemerals".into(),
+            ADD_WATCH => "addWatch".into(),
+            other => other.to_string(),
+        })
+        .collect()
+}
+
 fn recorded(seen: &Seen) -> usize {
     seen.lock().expect("lock").len()
 }
@@ -108,7 +134,11 @@ fn instance(id: &str, version: &str) -> ServiceInstance {
 }
 
 async fn connect(address: &str) -> ZkRegistry {
-    let url = format!("zk://{address}/trips?session_timeout=10s&connect_timeout=2s");
+    connect_with(address, "10s").await
+}
+
+async fn connect_with(address: &str, session_timeout: &str) -> ZkRegistry {
+    let url = format!("zk://{address}/trips?session_timeout={session_timeout}&connect_timeout=2s");
     ZkRegistry::connect(Config::from_url(&url).expect("URL"))
         .await
         .expect("connect")
@@ -252,4 +282,127 @@ async fn a_list_reads_its_children_in_a_few_multi_reads() {
     assert!(!reads.contains(&"getData"), "no read per child: {reads:?}");
     let multi_reads = reads.iter().filter(|r| **r == "multiRead").count();
     assert!((1..=3).contains(&multi_reads), "{reads:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_holds_of_a_service_send_no_request_of_their_own() {
+    support::init_logs();
+    let server = ZkServer::start().await;
+    let (address, seen) = proxy(server.address()).await;
+    // Held nodes are checked every third of the session timeout: here every 2/3 s.
+    let registry = connect_with(&address, "2s").await;
+
+    // The first registration of the service sets the service's watch, once.
+    let first = recorded(&seen);
+    registry
+        .register(&instance("a", "v1"))
+        .await
+        .expect("register a");
+    let from = recorded(&seen);
+    let set = requests_since(&seen, first);
+    assert_eq!(set.first().map(String::as_str), Some("addWatch"), "{set:?}");
+    assert_eq!(
+        set.iter().filter(|r| *r == "addWatch").count(),
+        1,
+        "{set:?}"
+    );
+
+    // New ids, updates and deregistrations: their writes, and nothing else, through two
+    // periodic checks (one getEphemerals each for the whole service).
+    let ids = ["b", "c", "d", "e"];
+    for id in ids {
+        registry
+            .register(&instance(id, "v1"))
+            .await
+            .expect("register");
+    }
+    for id in ids {
+        registry
+            .register(&instance(id, "v2"))
+            .await
+            .expect("update");
+    }
+    support::eventually(WITHIN, "two periodic checks of the held nodes", || {
+        let checks = requests_since(&seen, from)
+            .iter()
+            .filter(|r| *r == "getEphemerals")
+            .count();
+        async move { checks >= 2 }
+    })
+    .await;
+    for id in ids {
+        registry
+            .deregister(&instance(id, "v2"))
+            .await
+            .expect("deregister");
+    }
+    let sent: Vec<String> = requests_since(&seen, from)
+        .into_iter()
+        .filter(|r| r != "getEphemerals")
+        .collect();
+    let expected: Vec<&str> = [["create"; 4], ["setData"; 4], ["delete"; 4]].concat();
+    assert_eq!(sent, expected);
+    registry.close().await.expect("close");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_deleted_from_outside_is_written_again_and_no_other() {
+    support::init_logs();
+    let server = ZkServer::start().await;
+    let (address, seen) = proxy(server.address()).await;
+    let registry = connect(&address).await;
+    let (a, b) = (instance("a", "v1"), instance("b", "v1"));
+    registry.register(&a).await.expect("register a");
+    registry.register(&b).await.expect("register b");
+    let session = registry.session_id().expect("a session");
+    let mut status_b = registry.registration("svc", "b").expect("b held");
+    // Seen from here on: a change of b's state after this is a change.
+    status_b
+        .wait_for(RegistrationState::is_registered)
+        .await
+        .expect("b registered");
+
+    let raw = Client::connect(&server.address())
+        .await
+        .expect("raw client");
+    let (_, before_a) = raw.get_data("/trips/svc/a").await.expect("a's node");
+    let (_, before_b) = raw.get_data("/trips/svc/b").await.expect("b's node");
+    let from = recorded(&seen);
+    raw.delete("/trips/svc/a", None).await.expect("delete a");
+
+    // a's node is written again in the registry's session: a new node.
+    support::eventually(WITHIN, "a's node written again", || async {
+        matches!(
+            raw.check_stat("/trips/svc/a").await,
+            Ok(Some(stat)) if stat.ephemeral_owner == session && stat.czxid > before_a.czxid
+        )
+    })
+    .await;
+    lists(&registry, "svc", &[a.clone(), b.clone()], WITHIN).await;
+    let written = writes_since(&seen, from);
+    assert_eq!(
+        written.iter().filter(|w| **w == "create").count(),
+        1,
+        "{written:?}"
+    );
+    assert!(
+        !written.iter().any(|w| ["setData", "delete"].contains(w)),
+        "{written:?}"
+    );
+
+    // b's node and registration were left alone: the same node, never seen lost.
+    let (_, after_b) = raw.get_data("/trips/svc/b").await.expect("b's node");
+    assert_eq!(
+        (after_b.czxid, after_b.mzxid, after_b.ephemeral_owner),
+        (before_b.czxid, before_b.mzxid, session)
+    );
+    assert!(
+        tokio::time::timeout(Duration::ZERO, status_b.changed())
+            .await
+            .is_err(),
+        "b's registration changed state: {:?}",
+        status_b.get()
+    );
+    assert!(status_b.get().is_registered());
+    registry.close().await.expect("close");
 }
