@@ -261,7 +261,15 @@ impl Shared {
     /// The holds of the nodes `pick` picks check them.
     fn doubt(&self, pick: impl FnMut(&str) -> bool) {
         for node in self.nodes(pick) {
-            node.doubts.send_modify(|doubts| *doubts += 1);
+            node.doubt();
+        }
+    }
+
+    /// The hold of node `child`, where it is tracked, checks it.
+    fn doubt_one(&self, child: &str) {
+        let node = lock(&self.nodes).get(child).and_then(Weak::upgrade);
+        if let Some(node) = node {
+            node.doubt();
         }
     }
 }
@@ -273,6 +281,12 @@ struct Node {
     /// How many times the node was seen deleted, or missing from the session's ephemeral
     /// nodes: its hold checks it when this grows.
     doubts: watch::Sender<u64>,
+}
+
+impl Node {
+    fn doubt(&self) {
+        self.doubts.send_modify(|doubts| *doubts += 1);
+    }
 }
 
 impl Drop for Node {
@@ -366,10 +380,23 @@ impl Drop for Setting<'_> {
     }
 }
 
+/// What became of a shared watch's request.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Answer {
+    /// The watch is set.
+    Set,
+    /// The server refused to watch the service's node: holds watch their nodes on their own.
+    Refused,
+    /// The server has no persistent watches (ZooKeeper before 3.6): holds watch their nodes
+    /// on their own. Such a server closes the connection after answering a request it does
+    /// not know, and what was sent after the request is lost with it.
+    Unsupported,
+}
+
 impl Setting<'_> {
     /// Awaits the answer; the error is why the watch could not be set (its holds will try
-    /// again, or watch their nodes on their own where the server refused it).
-    pub(crate) async fn finish(mut self, zk: &Arc<Zk>, watches: &ServiceWatches) -> Result<()> {
+    /// again).
+    pub(crate) async fn finish(mut self, zk: &Arc<Zk>, watches: &ServiceWatches) -> Result<Answer> {
         let answer = timed_raw(zk, &mut self.adding).await;
         self.finished = true;
         let shared = &self.watch.shared;
@@ -384,18 +411,18 @@ impl Setting<'_> {
                     }
                     setting
                 });
-                return Ok(());
+                return Ok(Answer::Set);
             }
             Ok(Err(Z::Unimplemented)) => {
                 tracing::info!(session = %format!("{:#x}", shared.session), "the server has no persistent watches (ZooKeeper before 3.6): each registration watches its node");
                 watches.unsupported(shared.session);
                 shared.phase.send_replace(Phase::Refused);
-                return Ok(());
+                return Ok(Answer::Unsupported);
             }
             Ok(Err(e @ (Z::NoAuth | Z::AuthFailed))) => {
                 tracing::info!(service = %shared.service_path, error = %e, "watching the service's node is refused: each registration watches its node");
                 shared.phase.send_replace(Phase::Refused);
-                return Ok(());
+                return Ok(Answer::Refused);
             }
             Ok(Err(e)) => map_err("watch", e),
             Err(e) => e,
@@ -413,7 +440,7 @@ async fn follow(shared: Arc<Shared>, zk: Arc<Zk>, mut watcher: PersistentWatcher
     loop {
         tokio::select! {
             event = watcher.changed() => match change(&event, &shared.service_path) {
-                Change::Deleted(child) => shared.doubt(|node| node == child),
+                Change::Deleted(child) => shared.doubt_one(child),
                 Change::Lost(state) => {
                     // Nothing more is to be read from the watcher after a terminal state.
                     shared.end(format!("connection lost ({state:?})"));

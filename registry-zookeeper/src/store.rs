@@ -12,7 +12,7 @@ use zookeeper_client::{Client, StateWatcher};
 
 use crate::error::map_err;
 use crate::node::{self, Written};
-use crate::service_watch::{self, ServiceWatches, Tracked, Wake};
+use crate::service_watch::{self, Answer, ServiceWatches, Tracked, Wake};
 use crate::session::Zk;
 use crate::SCHEME;
 
@@ -92,7 +92,7 @@ impl ZkStore {
             let checking = node::timed_raw(&self.zk, client.check_stat(&path));
             let set = match setting {
                 Some(setting) => setting.finish(&self.zk, &self.watches).await,
-                None => Ok(()),
+                None => Ok(Answer::Set),
             };
             if let Some(error) = checked(&path, session, checking.await) {
                 return error;
@@ -185,13 +185,21 @@ impl Store for ZkStore {
             self.watches
                 .track(&client, &service_path, &instance.name, &instance.id);
         let written = node::write(&self.zk, &client, &path, instance, held).await;
-        if let Some(setting) = setting {
-            // A watch that could not be set is the hold's to set again (or to do without).
-            if let Err(error) = setting.finish(&self.zk, &self.watches).await {
-                tracing::debug!(service = %instance.name, %error, "the service's shared watch could not be set");
+        let answer = match setting {
+            Some(setting) => setting.finish(&self.zk, &self.watches).await,
+            None => Ok(Answer::Set),
+        };
+        match (written, answer) {
+            (Ok(written), _) => Ok(written.tracked(tracked)),
+            (Err(error), Ok(Answer::Unsupported)) if error.is_temporary() => {
+                // The server closed the connection after refusing the watch, and the write
+                // sent after it was lost with it: written again, without the watch.
+                tracing::debug!(service = %instance.name, %error, "written again after the server refused the shared watch");
+                let client = self.zk.client().await?;
+                node::write(&self.zk, &client, &path, instance, held).await
             }
+            (Err(error), _) => Err(error),
         }
-        Ok(written?.tracked(tracked))
     }
 
     /// Resolves when the node's session ended or it is gone or taken over: the service's
