@@ -41,6 +41,15 @@ type Seen = Arc<Mutex<Vec<i32>>>;
 
 /// A TCP proxy to `server` that records the op code of every request a client sends.
 async fn proxy(server: String) -> (String, Seen) {
+    proxy_with(server, false).await
+}
+
+/// The same; with `old_server`, it answers a persistent watch request (`addWatch`) as a
+/// server before ZooKeeper 3.6 answers a request it does not know (its
+/// `UnimplementedRequestProcessor`): once the server answered the requests sent before it,
+/// the error `Unimplemented`, and the connection closed; what the client sent after it is
+/// lost. The session lives on: the client connects again.
+async fn proxy_with(server: String, old_server: bool) -> (String, Seen) {
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let address = listener.local_addr().expect("address").to_string();
     let seen = Seen::default();
@@ -50,30 +59,51 @@ async fn proxy(server: String) -> (String, Seen) {
             let Ok(upstream) = TcpStream::connect(&server).await else {
                 continue;
             };
-            let (mut client_read, mut client_write) = client.into_split();
+            let (mut client_read, client_write) = client.into_split();
             let (mut server_read, mut server_write) = upstream.into_split();
+            let client_write = Arc::new(tokio::sync::Mutex::new(client_write));
+            // Answers (not notifications) the server sent, connect response included.
+            let (answered_tx, mut answered) = tokio::sync::watch::channel(0usize);
             let record = record.clone();
+            let to_client = client_write.clone();
             tokio::spawn(async move {
-                let _ = tokio::io::copy(&mut server_read, &mut client_write).await;
+                // Frames: a 4-byte length, then the answer; every one after the connect
+                // response starts with xid (-1: a notification).
+                let mut first = true;
+                while let Some((length, frame)) = read_frame(&mut server_read).await {
+                    let mut client = to_client.lock().await;
+                    if client.write_all(&length).await.is_err()
+                        || client.write_all(&frame).await.is_err()
+                    {
+                        return;
+                    }
+                    if first || frame.get(..4) != Some(&(-1i32).to_be_bytes()[..]) {
+                        answered_tx.send_modify(|n| *n += 1);
+                    }
+                    first = false;
+                }
             });
             tokio::spawn(async move {
                 // Frames: a 4-byte length, then the request; the first is the connect request
                 // (no header), every later one starts with xid and op code.
-                let mut first = true;
-                loop {
-                    let mut length = [0u8; 4];
-                    if client_read.read_exact(&mut length).await.is_err() {
-                        return;
-                    }
-                    let mut frame = vec![0u8; u32::from_be_bytes(length) as usize];
-                    if client_read.read_exact(&mut frame).await.is_err() {
-                        return;
-                    }
-                    if !first && frame.len() >= 8 {
+                let mut sent = 0usize;
+                while let Some((length, frame)) = read_frame(&mut client_read).await {
+                    if sent > 0 && frame.len() >= 8 {
                         let op = i32::from_be_bytes([frame[4], frame[5], frame[6], frame[7]]);
                         record.lock().expect("lock").push(op);
+                        if old_server && op == ADD_WATCH {
+                            let _ = answered.wait_for(|n| *n >= sent).await;
+                            let mut reply = 16i32.to_be_bytes().to_vec();
+                            reply.extend_from_slice(&frame[..4]); // xid
+                            reply.extend_from_slice(&0i64.to_be_bytes()); // zxid
+                            reply.extend_from_slice(&(-6i32).to_be_bytes()); // Unimplemented
+                            let mut client = client_write.lock().await;
+                            let _ = client.write_all(&reply).await;
+                            let _ = client.shutdown().await;
+                            return;
+                        }
                     }
-                    first = false;
+                    sent += 1;
                     if server_write.write_all(&length).await.is_err()
                         || server_write.write_all(&frame).await.is_err()
                     {
@@ -84,6 +114,15 @@ async fn proxy(server: String) -> (String, Seen) {
         }
     });
     (address, seen)
+}
+
+/// Reads one length-prefixed frame: its length bytes and the frame.
+async fn read_frame(from: &mut (impl AsyncReadExt + Unpin)) -> Option<([u8; 4], Vec<u8>)> {
+    let mut length = [0u8; 4];
+    from.read_exact(&mut length).await.ok()?;
+    let mut frame = vec![0u8; u32::from_be_bytes(length) as usize];
+    from.read_exact(&mut frame).await.ok()?;
+    Some((length, frame))
 }
 
 /// The writes and data reads among the requests recorded since `from`.
@@ -405,4 +444,65 @@ async fn a_node_deleted_from_outside_is_written_again_and_no_other() {
     );
     assert!(status_b.get().is_registered());
     registry.close().await.expect("close");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_persistent_watches_each_registration_watches_its_node() {
+    support::init_logs();
+    let server = ZkServer::start().await;
+    let (address, seen) = proxy_with(server.address(), true).await;
+    let registry = connect(&address).await;
+
+    // The first write is lost with the connection the server closes after refusing the
+    // watch, and is written again; then the session asks no more.
+    let (a, b) = (instance("a", "v1"), instance("b", "v1"));
+    registry.register(&a).await.expect("register a");
+    registry.register(&b).await.expect("register b");
+    registry
+        .register(&instance("b", "v2"))
+        .await
+        .expect("update b");
+    let session = registry.session_id().expect("a session");
+    let raw = Client::connect(&server.address())
+        .await
+        .expect("raw client");
+    for id in ["a", "b"] {
+        let stat = raw.check_stat(&format!("/trips/svc/{id}")).await;
+        assert!(
+            matches!(&stat, Ok(Some(stat)) if stat.ephemeral_owner == session),
+            "{id}: {stat:?}"
+        );
+    }
+    let (data, before_b) = raw.get_data("/trips/svc/b").await.expect("b's node");
+    assert_eq!(data, instance("b", "v2").to_json().into_bytes());
+    let asked = requests_since(&seen, 0);
+    assert_eq!(
+        asked.iter().filter(|r| *r == "addWatch").count(),
+        1,
+        "{asked:?}"
+    );
+
+    // Each registration watches its node on its own: a node deleted from outside is
+    // written again, and its neighbour is left alone.
+    let (_, before_a) = raw.get_data("/trips/svc/a").await.expect("a's node");
+    raw.delete("/trips/svc/a", None).await.expect("delete a");
+    support::eventually(WITHIN, "a's node written again", || async {
+        matches!(
+            raw.check_stat("/trips/svc/a").await,
+            Ok(Some(stat)) if stat.ephemeral_owner == session && stat.czxid > before_a.czxid
+        )
+    })
+    .await;
+    let (_, after_b) = raw.get_data("/trips/svc/b").await.expect("b's node");
+    assert_eq!(
+        (after_b.czxid, after_b.mzxid),
+        (before_b.czxid, before_b.mzxid)
+    );
+    let asked = requests_since(&seen, 0);
+    assert_eq!(
+        asked.iter().filter(|r| *r == "addWatch").count(),
+        1,
+        "{asked:?}"
+    );
+    drop(registry);
 }
