@@ -11,6 +11,7 @@ use registry_core::config::Credentials;
 use registry_core::{Error, Result};
 
 use crate::error::map_err;
+use crate::server::ServerKind;
 use crate::Config;
 
 /// The cache directory of every registry of this process that names none: nacos-sdk writes
@@ -33,8 +34,24 @@ fn process_cache_dir() -> Result<PathBuf> {
     })
 }
 
+/// How long `connect` waits, after the naming client is up, for the probe of what the server
+/// is; past it the probe goes on in the background (and the kind is unknown until it ends).
+const PROBE_WAIT: Duration = Duration::from_secs(1);
+
+/// Builds the naming client, checks that a server answers and tells what the server is (the
+/// probe runs alongside).
+pub(crate) async fn connect(config: &Config) -> Result<(NamingService, ServerKind)> {
+    let kind = ServerKind::default();
+    let probe = kind.probe(config.servers.clone());
+    let naming = naming(config).await?;
+    // A probe that ends with the naming client's set-up costs no time; one that takes longer
+    // (an HTTP port that drops packets) keeps going in the background.
+    let _ = tokio::time::timeout(PROBE_WAIT, probe).await;
+    Ok((naming, kind))
+}
+
 /// Builds the naming client and checks that a server answers.
-pub(crate) async fn connect(config: &Config) -> Result<NamingService> {
+async fn naming(config: &Config) -> Result<NamingService> {
     let cache_dir = match &config.cache_dir {
         Some(dir) => dir.clone(),
         None => process_cache_dir()?,

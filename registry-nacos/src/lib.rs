@@ -22,11 +22,13 @@ mod format;
 #[doc(hidden)]
 #[cfg(feature = "fuzzing")]
 pub mod fuzzing;
+mod server;
 mod source;
 mod store;
 
 pub use config::{Config, DEFAULT_CLUSTER, DEFAULT_GROUP, DEFAULT_PORT, DEFAULT_WEIGHT};
 
+use crate::server::ServerKind;
 use crate::source::{instances_of, NacosSource};
 use crate::store::{NacosStore, Parts};
 
@@ -100,11 +102,12 @@ impl NacosRegistry {
             backend: SCHEME,
             reason,
         })?;
-        let naming = client::connect(&config).await?;
+        let (naming, kind) = client::connect(&config).await?;
         let parts = Parts::default();
         let (dropped, on_drop) = oneshot::channel();
         tokio::spawn(leave_on_drop(
             naming.clone(),
+            kind.clone(),
             config.group.clone(),
             parts.clone(),
             on_drop,
@@ -116,6 +119,7 @@ impl NacosRegistry {
         Ok(NacosRegistry {
             registrations: Registrations::new(NacosStore {
                 naming: naming.clone(),
+                kind,
                 config: config.clone(),
                 parts,
             }),
@@ -137,12 +141,13 @@ impl Drop for NacosRegistry {
 /// Started with the registry: once it is dropped, deregisters what it still has written.
 async fn leave_on_drop(
     naming: NamingService,
+    kind: ServerKind,
     group: String,
     parts: Parts,
     dropped: oneshot::Receiver<()>,
 ) {
     let _ = dropped.await;
-    parts.clear(&naming, &group).await;
+    parts.clear(&naming, &kind, &group).await;
 }
 
 #[async_trait]

@@ -12,13 +12,21 @@
 //!
 //! rnacos (the test server) does not keep one record: its batch registers or updates each
 //! instance of the list and removes none, and its `deregisterInstance` removes one address.
-//! The one sequence right on both servers, for a part dropped from the set: deregister it
-//! first (on Nacos this removes the whole record for a moment), then send the set left.
+//! So a part dropped from a set that keeps others is sent by what the server is
+//! ([`ServerKind`], told once per connection):
+//! - Nacos: the set left, one batch (it replaces the record; a deregister would remove it).
+//! - rnacos: the deregister of the part and the batch of the set left, at once: on rnacos
+//!   they commute (one removes that address, the other removes nothing), so it costs one
+//!   round trip. The batch is not left out: nacos-sdk's redo would send the batch it keeps,
+//!   with the dropped part, again after a reconnect.
+//! - Not known: the one sequence right on both, the deregister first (on Nacos this removes
+//!   the whole record for a moment), then the set left: two round trips.
 //!
-//! A set that becomes empty is sent as an empty batch before the parts are deregistered:
-//! nacos-sdk's redo keeps a batch under its own key, which `deregister_instance` does not
-//! clear, and would register the last set again after a reconnect; the empty batch replaces
-//! it (Nacos accepts it; rnacos refuses it, and the redo then sends it once more and stops).
+//! A set that becomes empty is sent as an empty batch along with the deregister of its last
+//! parts, on any server: nacos-sdk's redo keeps a batch under its own key, which
+//! `deregister_instance` does not clear, and would register the last set again after a
+//! reconnect; the empty batch replaces it (Nacos accepts it; rnacos refuses it, and the redo
+//! then sends it once more and stops).
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -31,6 +39,7 @@ use registry_core::{Error, Result, ServiceInstance};
 
 use crate::client::{timed, REQUEST_TIMEOUT};
 use crate::format::to_nacos;
+use crate::server::{Kind, ServerKind};
 use crate::{source, Config, SCHEME};
 
 /// How often a registration checks that the server still lists it.
@@ -66,6 +75,7 @@ impl Parts {
     async fn put(
         &self,
         naming: &NamingService,
+        kind: &ServerKind,
         group: &str,
         id: &str,
         services: &BTreeSet<String>,
@@ -84,18 +94,18 @@ impl Parts {
                 set.insert(key, (order, part.clone()));
             }
             // Recorded before the write: a handle dropped during it still takes it away.
-            send(naming, group, service, &before, &set).await?;
+            send(naming, kind.get(), group, service, &before, &set).await?;
         }
         Ok(())
     }
 
     /// Takes every part away (the registry was dropped).
-    pub(crate) async fn clear(&self, naming: &NamingService, group: &str) {
+    pub(crate) async fn clear(&self, naming: &NamingService, kind: &ServerKind, group: &str) {
         let services: Vec<_> = self.services().drain().collect();
         for (service, set) in services {
             let mut set = set.lock().await;
             let before = std::mem::take(&mut *set);
-            if let Err(e) = send(naming, group, &service, &before, &set).await {
+            if let Err(e) = send(naming, kind.get(), group, &service, &before, &set).await {
                 tracing::warn!(%service, error = %e, "Nacos deregister after drop failed");
             }
         }
@@ -114,9 +124,11 @@ fn batch(set: &Set) -> Vec<NacosInstance> {
     by_address.into_values().map(|(_, n)| n.clone()).collect()
 }
 
-/// Brings the server from `before` to `after` for this handle's record of `service`.
+/// Brings the server (of `kind`) from `before` to `after` for this handle's record of
+/// `service`.
 async fn send(
     naming: &NamingService,
+    kind: Kind,
     group: &str,
     service: &str,
     before: &Set,
@@ -133,31 +145,36 @@ async fn send(
     }
     let group = Some(group.to_owned());
     let instances = batch(after);
-    let nothing_dropped = dropped.is_empty();
-    let deregister = async {
-        for part in dropped {
-            let call = naming.deregister_instance(service.to_owned(), group.clone(), part.clone());
-            timed("deregister", REQUEST_TIMEOUT, call).await?;
-        }
-        Ok::<(), registry_core::Error>(())
-    };
-    if instances.is_empty() {
-        if nothing_dropped {
-            return Ok(());
-        }
+    if instances.is_empty() && dropped.is_empty() {
+        return Ok(());
+    }
+    // Each removes one address on rnacos, the whole record on Nacos: in any order.
+    let deregister = futures::future::try_join_all(dropped.iter().map(|&part| {
+        let call = naming.deregister_instance(service.to_owned(), group.clone(), part.clone());
+        timed("deregister", REQUEST_TIMEOUT, call)
+    }));
+    let empty = instances.is_empty();
+    let operation = if empty { "deregister" } else { "register" };
+    let call = naming.batch_register_instance(service.to_owned(), group, instances);
+    let register = timed(operation, REQUEST_TIMEOUT, call);
+    if empty {
         // Replaces the redo's last batch (see the module's notes); rnacos refuses it. Sent
         // with the deregister, not before it: both leave no record on Nacos, in either order.
-        let empty = naming.batch_register_instance(service.to_owned(), group.clone(), Vec::new());
-        let (_, deregistered) =
-            tokio::join!(timed("deregister", REQUEST_TIMEOUT, empty), deregister);
-        return deregistered;
+        let (_, deregistered) = tokio::join!(register, deregister);
+        return deregistered.map(drop);
     }
-    deregister.await?;
-    if !instances.is_empty() {
-        let call = naming.batch_register_instance(service.to_owned(), group, instances);
-        timed("register", REQUEST_TIMEOUT, call).await?;
+    match kind {
+        _ if dropped.is_empty() => register.await,
+        Kind::Nacos => register.await,
+        Kind::Rnacos => {
+            let (deregistered, registered) = tokio::join!(deregister, register);
+            deregistered.and(registered)
+        }
+        Kind::Unknown => {
+            deregister.await?;
+            register.await
+        }
     }
-    Ok(())
 }
 
 /// The Nacos services of `parts`.
@@ -168,6 +185,8 @@ fn services_of(parts: &[(String, NacosInstance)]) -> BTreeSet<String> {
 /// Registers instances through nacos-sdk's naming client.
 pub(crate) struct NacosStore {
     pub(crate) naming: NamingService,
+    /// What the server is, for the removal of one part of several.
+    pub(crate) kind: ServerKind,
     pub(crate) config: Config,
     pub(crate) parts: Parts,
 }
@@ -194,7 +213,14 @@ impl Store for NacosStore {
         }
         let group = &self.config.group;
         self.parts
-            .put(&self.naming, group, &instance.id, &services, &parts)
+            .put(
+                &self.naming,
+                &self.kind,
+                group,
+                &instance.id,
+                &services,
+                &parts,
+            )
             .await?;
         Ok(instance.clone())
     }
@@ -249,7 +275,14 @@ impl Store for NacosStore {
         }
         let group = &self.config.group;
         self.parts
-            .put(&self.naming, group, &instance.id, &services, &[])
+            .put(
+                &self.naming,
+                &self.kind,
+                group,
+                &instance.id,
+                &services,
+                &[],
+            )
             .await
     }
 
@@ -260,5 +293,108 @@ impl Store for NacosStore {
 
     fn retry_cap(&self) -> Duration {
         CHECK_EVERY
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::server::Kind;
+
+    /// The part at `10.0.0.{n}:9000` of instance `id{n}` of `name`.
+    fn instance(name: &str, n: u8) -> ServiceInstance {
+        ServiceInstance::builder(format!("id{n}"), name)
+            .endpoint(format!("grpc://10.0.0.{n}:9000"))
+            .build()
+            .expect("instance")
+    }
+
+    /// The ids a client of its own lists in `name`.
+    async fn ids(reader: &NamingService, config: &Config, name: &str) -> Vec<String> {
+        match source::list(reader, &config.group, name).await {
+            Ok((listed, _)) => listed.into_iter().map(|i| i.id).collect(),
+            Err(_) => Vec::new(),
+        }
+    }
+
+    const WITHIN: Duration = Duration::from_secs(10);
+
+    /// Through a store (no supervisor around it) that takes `kind`'s sequence on the server at
+    /// `address`: one handle writes two instances of one service and removes one; a client
+    /// of its own (another connection) must list exactly the other. Returns the store.
+    async fn removal_leaves_the_other(address: &str, kind: Kind) -> NacosStore {
+        let config = Config::new([address])
+            .with_namespace(format!("store-{kind:?}-{}", test_support::run_id()));
+        let (naming, _) = crate::client::connect(&config).await.expect("connect");
+        let store = NacosStore {
+            naming,
+            kind: ServerKind::known(kind),
+            config: config.clone(),
+            parts: Parts::default(),
+        };
+        let (a, b) = (instance("removal", 1), instance("removal", 2));
+        store.write(&a, None).await.expect("write a");
+        store.write(&b, None).await.expect("write b");
+        let (reader, _) = crate::client::connect(&config).await.expect("connect");
+        test_support::eventually(WITHIN, "a and b listed", || async {
+            ids(&reader, &config, "removal").await == ["id1", "id2"]
+        })
+        .await;
+        store.remove(&a, Some(&a)).await.expect("remove a");
+        test_support::eventually(WITHIN, "b alone listed", || async {
+            ids(&reader, &config, "removal").await == ["id2"]
+        })
+        .await;
+        store
+    }
+
+    /// rnacos' sequence (the deregister with the batch of the rest) and the one for a server
+    /// not told apart (the deregister, then the batch), on rnacos.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn on_rnacos_both_its_sequence_and_the_unknown_one_leave_the_other() {
+        let server = test_support::NacosServer::start().await;
+        let address = server.http().trim_start_matches("http://").to_owned();
+        for kind in [Kind::Rnacos, Kind::Unknown] {
+            removal_leaves_the_other(&address, kind).await;
+        }
+    }
+
+    /// After a restart, what nacos-sdk's redo writes again (nothing else does: no supervisor
+    /// here) is the set left: b alone, with no a. A deregister alone would leave the redo's
+    /// batch of a and b, which rnacos would take again.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn on_rnacos_the_redo_after_a_restart_writes_the_set_left() {
+        let mut server = test_support::NacosServer::start().await;
+        let address = server.http().trim_start_matches("http://").to_owned();
+        for kind in [Kind::Rnacos, Kind::Unknown] {
+            let store = removal_leaves_the_other(&address, kind).await;
+            server.restart().await;
+            let (reader, _) = crate::client::connect(&store.config)
+                .await
+                .expect("connect");
+            let deadline = std::time::Instant::now() + Duration::from_secs(20);
+            let first = loop {
+                let listed = ids(&reader, &store.config, "removal").await;
+                if !listed.is_empty() {
+                    break listed;
+                }
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "{kind:?}: nothing written again within 20 s"
+                );
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            };
+            assert_eq!(first, ["id2"], "{kind:?}: what the redo wrote again");
+        }
+    }
+
+    /// Nacos' sequence (the batch of the rest) and the unknown one, on the real Nacos.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    #[ignore = "needs the Java Nacos: REGISTRY_RS_NACOS_JAVA=host:port"]
+    async fn on_nacos_both_its_sequence_and_the_unknown_one_leave_the_other() {
+        let address = std::env::var("REGISTRY_RS_NACOS_JAVA").expect("REGISTRY_RS_NACOS_JAVA");
+        for kind in [Kind::Nacos, Kind::Unknown] {
+            removal_leaves_the_other(&address, kind).await;
+        }
     }
 }
