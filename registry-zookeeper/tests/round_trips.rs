@@ -5,7 +5,9 @@
 //! read per child; and the ownership rules hold on the short path too: a node another session
 //! put in place of ours is left alone. The holds of a service's registrations share one watch
 //! of the service: they send no request of their own until a node of theirs is deleted, and
-//! then only that node's hold checks it and writes it again.
+//! then only that node's hold checks it and writes it again; the watch goes with the
+//! service's last registration. Where the server has no persistent watches (the proxy answers
+//! as ZooKeeper before 3.6 does), each registration watches its node on its own.
 
 mod support;
 
@@ -330,6 +332,9 @@ async fn the_holds_of_a_service_send_no_request_of_their_own() {
     let (address, seen) = proxy(server.address()).await;
     // Held nodes are checked every third of the session timeout: here every 2/3 s.
     let registry = connect_with(&address, "2s").await;
+    let tasks = tokio::runtime::Handle::current()
+        .metrics()
+        .num_alive_tasks();
 
     // The first registration of the service sets the service's watch, once.
     let first = recorded(&seen);
@@ -381,6 +386,26 @@ async fn the_holds_of_a_service_send_no_request_of_their_own() {
         .collect();
     let expected: Vec<&str> = [["create"; 4], ["setData"; 4], ["delete"; 4]].concat();
     assert_eq!(sent, expected);
+
+    // The service's last registration goes: its watch goes with it (removed from the
+    // server), and no task of it is left.
+    let last = recorded(&seen);
+    registry
+        .deregister(&instance("a", "v1"))
+        .await
+        .expect("deregister a");
+    support::eventually(WITHIN, "the service's watch removed", || {
+        let removed = requests_since(&seen, last).contains(&"removeWatches".to_owned());
+        async move { removed }
+    })
+    .await;
+    support::eventually(WITHIN, "no task left of the registrations", || {
+        let alive = tokio::runtime::Handle::current()
+            .metrics()
+            .num_alive_tasks();
+        async move { alive == tasks }
+    })
+    .await;
     registry.close().await.expect("close");
 }
 
