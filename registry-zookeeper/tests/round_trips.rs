@@ -6,7 +6,8 @@
 //! put in place of ours is left alone. The holds of a service's registrations share one watch
 //! of the service: they send no request of their own until a node of theirs is deleted, and
 //! then only that node's hold checks it and writes it again; the watch goes with the
-//! service's last registration. Where the server has no persistent watches (the proxy answers
+//! service's last registration, and is set again after a reconnection (each node checked
+//! once). Where the server has no persistent watches (the proxy answers
 //! as ZooKeeper before 3.6 does), each registration watches its node on its own.
 
 mod support;
@@ -52,10 +53,27 @@ async fn proxy(server: String) -> (String, Seen) {
 /// the error `Unimplemented`, and the connection closed; what the client sent after it is
 /// lost. The session lives on: the client connects again.
 async fn proxy_with(server: String, old_server: bool) -> (String, Seen) {
+    let (address, seen, _) = start_proxy(server, old_server).await;
+    (address, seen)
+}
+
+/// The connections of a proxy: aborting them cuts the clients off (they connect again).
+type Connections = Arc<Mutex<Vec<tokio::task::AbortHandle>>>;
+
+/// Cuts every connection through the proxy.
+fn cut(connections: &Connections) {
+    for connection in connections.lock().expect("lock").drain(..) {
+        connection.abort();
+    }
+}
+
+async fn start_proxy(server: String, old_server: bool) -> (String, Seen, Connections) {
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let address = listener.local_addr().expect("address").to_string();
     let seen = Seen::default();
     let record = seen.clone();
+    let connections = Connections::default();
+    let tasks = connections.clone();
     tokio::spawn(async move {
         while let Ok((client, _)) = listener.accept().await {
             let Ok(upstream) = TcpStream::connect(&server).await else {
@@ -68,7 +86,7 @@ async fn proxy_with(server: String, old_server: bool) -> (String, Seen) {
             let (answered_tx, mut answered) = tokio::sync::watch::channel(0usize);
             let record = record.clone();
             let to_client = client_write.clone();
-            tokio::spawn(async move {
+            let answers = tokio::spawn(async move {
                 // Frames: a 4-byte length, then the answer; every one after the connect
                 // response starts with xid (-1: a notification).
                 let mut first = true;
@@ -85,7 +103,7 @@ async fn proxy_with(server: String, old_server: bool) -> (String, Seen) {
                     first = false;
                 }
             });
-            tokio::spawn(async move {
+            let requests = tokio::spawn(async move {
                 // Frames: a 4-byte length, then the request; the first is the connect request
                 // (no header), every later one starts with xid and op code.
                 let mut sent = 0usize;
@@ -113,9 +131,12 @@ async fn proxy_with(server: String, old_server: bool) -> (String, Seen) {
                     }
                 }
             });
+            let mut tasks = tasks.lock().expect("lock");
+            tasks.push(answers.abort_handle());
+            tasks.push(requests.abort_handle());
         }
     });
-    (address, seen)
+    (address, seen, connections)
 }
 
 /// Reads one length-prefixed frame: its length bytes and the frame.
@@ -530,4 +551,51 @@ async fn without_persistent_watches_each_registration_watches_its_node() {
         "{asked:?}"
     );
     drop(registry);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_a_reconnection_the_watch_is_set_again_and_each_node_checked() {
+    support::init_logs();
+    let server = ZkServer::start().await;
+    let (address, seen, connections) = start_proxy(server.address(), false).await;
+    let registry = connect(&address).await;
+    let (a, b) = (instance("a", "v1"), instance("b", "v1"));
+    registry.register(&a).await.expect("register a");
+    registry.register(&b).await.expect("register b");
+    let session = registry.session_id().expect("a session");
+
+    // The connection is cut; the client connects again in the same session. Its persistent
+    // watches are not set again by the client, and events may have been lost: the service's
+    // watch is set again, and each registration checks its node.
+    let from = recorded(&seen);
+    cut(&connections);
+    support::eventually(WITHIN, "the watch set again and both nodes checked", || {
+        let sent = requests_since(&seen, from);
+        let set = sent.iter().filter(|r| *r == "addWatch").count();
+        let checked = sent.iter().filter(|r| *r == "exists").count();
+        async move { set == 1 && checked == 2 }
+    })
+    .await;
+    assert_eq!(registry.session_id(), Some(session), "the same session");
+
+    // The watch set again sees a deletion from outside: that node is written again.
+    let raw = Client::connect(&server.address())
+        .await
+        .expect("raw client");
+    let (_, before_a) = raw.get_data("/trips/svc/a").await.expect("a's node");
+    let (_, before_b) = raw.get_data("/trips/svc/b").await.expect("b's node");
+    raw.delete("/trips/svc/a", None).await.expect("delete a");
+    support::eventually(WITHIN, "a's node written again", || async {
+        matches!(
+            raw.check_stat("/trips/svc/a").await,
+            Ok(Some(stat)) if stat.ephemeral_owner == session && stat.czxid > before_a.czxid
+        )
+    })
+    .await;
+    let (_, after_b) = raw.get_data("/trips/svc/b").await.expect("b's node");
+    assert_eq!(
+        (after_b.czxid, after_b.mzxid),
+        (before_b.czxid, before_b.mzxid)
+    );
+    registry.close().await.expect("close");
 }
