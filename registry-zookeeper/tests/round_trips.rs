@@ -7,8 +7,8 @@
 //! of the service: they send no request of their own until a node of theirs is deleted, and
 //! then only that node's hold checks it and writes it again; the watch goes with the
 //! service's last registration, and is set again after a reconnection (each node checked
-//! once). Where the server has no persistent watches (the proxy answers
-//! as ZooKeeper before 3.6 does), each registration watches its node on its own.
+//! once). Where the server has no persistent watches (the proxy answers as ZooKeeper before
+//! 3.6 does), each registration watches its node on its own.
 
 mod support;
 
