@@ -40,14 +40,26 @@ const PROBE_WAIT: Duration = Duration::from_secs(1);
 
 /// Builds the naming client, checks that a server answers and tells what the server is (the
 /// probe runs alongside).
-pub(crate) async fn connect(config: &Config) -> Result<(NamingService, ServerKind)> {
+/// The probe's task is the caller's: aborted with the returned [`Probe`] (and when `connect`
+/// fails or is dropped).
+pub(crate) async fn connect(config: &Config) -> Result<(NamingService, ServerKind, Probe)> {
     let kind = ServerKind::default();
-    let probe = kind.probe(config.servers.clone());
+    let mut probe = Probe(kind.probe(config.servers.clone()));
     let naming = naming(config).await?;
     // A probe that ends with the naming client's set-up costs no time; one that takes longer
     // (an HTTP port that drops packets) keeps going in the background.
-    let _ = tokio::time::timeout(PROBE_WAIT, probe).await;
-    Ok((naming, kind))
+    let _ = tokio::time::timeout(PROBE_WAIT, &mut probe.0).await;
+    Ok((naming, kind, probe))
+}
+
+/// The task telling the server kind, aborted when this is dropped.
+#[derive(Debug)]
+pub(crate) struct Probe(tokio::task::JoinHandle<()>);
+
+impl Drop for Probe {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 /// Builds the naming client and checks that a server answers.

@@ -84,6 +84,8 @@ pub struct NacosRegistry {
     registrations: Registrations<NacosStore>,
     /// Dropped with the registry: wakes the task that deregisters what is left.
     _dropped: oneshot::Sender<()>,
+    /// The task telling the server kind, when it outlived `connect`: aborted with the registry.
+    _probe: client::Probe,
 }
 
 impl fmt::Debug for NacosRegistry {
@@ -102,7 +104,7 @@ impl NacosRegistry {
             backend: SCHEME,
             reason,
         })?;
-        let (naming, kind) = client::connect(&config).await?;
+        let (naming, kind, probe) = client::connect(&config).await?;
         let parts = Parts::default();
         let (dropped, on_drop) = oneshot::channel();
         tokio::spawn(leave_on_drop(
@@ -127,6 +129,7 @@ impl NacosRegistry {
             config,
             hub,
             _dropped: dropped,
+            _probe: probe,
         })
     }
 }

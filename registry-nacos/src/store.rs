@@ -325,7 +325,7 @@ mod tests {
     async fn removal_leaves_the_other(address: &str, kind: Kind) -> NacosStore {
         let config = Config::new([address])
             .with_namespace(format!("store-{kind:?}-{}", test_support::run_id()));
-        let (naming, _) = crate::client::connect(&config).await.expect("connect");
+        let (naming, _, _probe) = crate::client::connect(&config).await.expect("connect");
         let store = NacosStore {
             naming,
             kind: ServerKind::known(kind),
@@ -335,7 +335,7 @@ mod tests {
         let (a, b) = (instance("removal", 1), instance("removal", 2));
         store.write(&a, None).await.expect("write a");
         store.write(&b, None).await.expect("write b");
-        let (reader, _) = crate::client::connect(&config).await.expect("connect");
+        let (reader, _, _probe) = crate::client::connect(&config).await.expect("connect");
         test_support::eventually(WITHIN, "a and b listed", || async {
             ids(&reader, &config, "removal").await == ["id1", "id2"]
         })
@@ -369,7 +369,7 @@ mod tests {
         for kind in [Kind::Rnacos, Kind::Unknown] {
             let store = removal_leaves_the_other(&address, kind).await;
             server.restart().await;
-            let (reader, _) = crate::client::connect(&store.config)
+            let (reader, _, _probe) = crate::client::connect(&store.config)
                 .await
                 .expect("connect");
             let deadline = std::time::Instant::now() + Duration::from_secs(20);
