@@ -5,9 +5,10 @@
 //! `registerInstance` of the same service replaces the first, `batchRegisterInstance`
 //! replaces the record with its whole list, and `deregisterInstance` removes the record. So
 //! the store keeps, per Nacos service, every part this handle has there ([`Parts`]), and each
-//! write or removal of one instance updates that set under the service's lock (the core writes
-//! different ids concurrently: two batches built at once would lose one instance) and sends
-//! the whole set with `batch_register_instance`. nacos-sdk's redo keeps that last batch per
+//! write or removal of one instance updates that set and sends the whole set with
+//! `batch_register_instance`, one send at a time per service (the core writes different ids
+//! concurrently: two batches built at once would lose one instance); writes that wait meanwhile
+//! are carried by the next send together. nacos-sdk's redo keeps that last batch per
 //! service and sends it again after a reconnect, so a reconnect restores the whole set.
 //!
 //! rnacos (the test server) does not keep one record: its batch registers or updates each
@@ -49,21 +50,43 @@ const CHECK_EVERY: Duration = Duration::from_secs(3);
 /// order it was written in (two ids at one address are one Nacos instance: the last wins).
 type Set = BTreeMap<(String, String, i32), (u64, NacosInstance)>;
 
-/// Every Nacos service this handle has written to, each with its lock and its [`Set`]. Shared
-/// with the task that deregisters what is left once the registry is dropped (nacos-sdk's
-/// connection outlives the handle).
+/// One Nacos service of this handle: the parts the calls so far left there, and what the
+/// server was last brought to.
+///
+/// Writes of different ids to one service are coalesced: each records its change in `wanted`
+/// and then waits for `sent`; whoever holds `sent` sends the whole set as it is then, so a
+/// write whose change a set sent meanwhile carried returns without a call of its own. 32
+/// registrations of one service at once cost two or three batches, not 32 in a row.
+#[derive(Default)]
+struct Service {
+    /// The parts as the calls so far left them, and how many changes made them so.
+    wanted: Mutex<(Set, u64)>,
+    /// Held while a set is sent: the set the server was last brought to, and the count of
+    /// changes it holds.
+    sent: tokio::sync::Mutex<(Set, u64)>,
+}
+
+impl Service {
+    fn wanted(&self) -> MutexGuard<'_, (Set, u64)> {
+        self.wanted.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// Every Nacos service this handle has written to (see [`Service`]). Shared with the task that
+/// deregisters what is left once the registry is dropped (nacos-sdk's connection outlives the
+/// handle).
 #[derive(Default, Clone)]
 pub(crate) struct Parts {
-    services: Arc<Mutex<HashMap<String, Arc<tokio::sync::Mutex<Set>>>>>,
+    services: Arc<Mutex<HashMap<String, Arc<Service>>>>,
     written: Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl Parts {
-    fn services(&self) -> MutexGuard<'_, HashMap<String, Arc<tokio::sync::Mutex<Set>>>> {
+    fn services(&self) -> MutexGuard<'_, HashMap<String, Arc<Service>>> {
         self.services.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn of(&self, service: &str) -> Arc<tokio::sync::Mutex<Set>> {
+    fn of(&self, service: &str) -> Arc<Service> {
         self.services()
             .entry(service.to_owned())
             .or_default()
@@ -71,7 +94,8 @@ impl Parts {
     }
 
     /// Sets, in `services`, the parts of instance `id` to `parts` (none: removes them), and
-    /// sends each changed set to the server, one service at a time.
+    /// brings the server to each changed set, one service at a time; returns once a set
+    /// holding this change was sent.
     async fn put(
         &self,
         naming: &NamingService,
@@ -82,19 +106,30 @@ impl Parts {
         parts: &[(String, NacosInstance)],
     ) -> Result<()> {
         for service in services {
-            let set = self.of(service);
-            let mut set = set.lock().await;
-            let before = set.clone();
-            set.retain(|(part_id, _, _), _| part_id != id);
-            for (_, part) in parts.iter().filter(|(s, _)| s == service) {
-                let order = self
-                    .written
-                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                let key = (id.to_owned(), part.ip.clone(), part.port);
-                set.insert(key, (order, part.clone()));
-            }
+            let slot = self.of(service);
             // Recorded before the write: a handle dropped during it still takes it away.
-            send(naming, kind.get(), group, service, &before, &set).await?;
+            let change = {
+                let mut wanted = slot.wanted();
+                let (set, changes) = &mut *wanted;
+                set.retain(|(part_id, _, _), _| part_id != id);
+                for (_, part) in parts.iter().filter(|(s, _)| s == service) {
+                    let order = self
+                        .written
+                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    let key = (id.to_owned(), part.ip.clone(), part.port);
+                    set.insert(key, (order, part.clone()));
+                }
+                *changes += 1;
+                *changes
+            };
+            let mut sent = slot.sent.lock().await;
+            if sent.1 >= change {
+                // A set sent while this waited held the change.
+                continue;
+            }
+            let (after, changes) = slot.wanted().clone();
+            send(naming, kind.get(), group, service, &sent.0, &after).await?;
+            *sent = (after, changes);
         }
         Ok(())
     }
@@ -102,10 +137,13 @@ impl Parts {
     /// Takes every part away (the registry was dropped).
     pub(crate) async fn clear(&self, naming: &NamingService, kind: &ServerKind, group: &str) {
         let services: Vec<_> = self.services().drain().collect();
-        for (service, set) in services {
-            let mut set = set.lock().await;
-            let before = std::mem::take(&mut *set);
-            if let Err(e) = send(naming, kind.get(), group, &service, &before, &set).await {
+        for (service, slot) in services {
+            let sent = slot.sent.lock().await;
+            // Whatever may be on the server: the set sent last, and what a send cut short
+            // may have written.
+            let mut before = sent.0.clone();
+            before.extend(std::mem::take(&mut slot.wanted().0));
+            if let Err(e) = send(naming, kind.get(), group, &service, &before, &Set::new()).await {
                 tracing::warn!(%service, error = %e, "Nacos deregister after drop failed");
             }
         }

@@ -118,3 +118,39 @@ async fn on_nacos_the_other_is_left() {
     ours.close().await.expect("close");
     lists(&reader, "removal", &[], WITHIN).await;
 }
+
+/// Writes of one service through one handle are carried by shared batches when they come at
+/// once: none may be lost on the way. 40 registrations at once, all listed; then 20 of them
+/// deregistered at once while the other 20 are updated, and exactly the updated 20 listed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writes_of_one_service_at_once_all_land() {
+    support::init_logs();
+    let server = NacosServer::start().await;
+    let url = server.url("namespace=public");
+    let service = "at-once";
+    let ours = connect(&url).await;
+    let mut all: Vec<ServiceInstance> = (1..=40).map(|n| instance(service, n)).collect();
+    // As lists come: by id.
+    all.sort_by(|a, b| a.id.cmp(&b.id));
+    futures::future::try_join_all(all.iter().map(|i| ours.register(i)))
+        .await
+        .expect("register 40 at once");
+    let reader = connect(&url).await;
+    lists(&reader, service, &all, WITHIN).await;
+
+    let (gone, kept) = all.split_at(20);
+    let updated: Vec<ServiceInstance> = kept
+        .iter()
+        .map(|i| {
+            let mut i = i.clone();
+            i.version = "v2".into();
+            i
+        })
+        .collect();
+    let removals = futures::future::try_join_all(gone.iter().map(|i| ours.deregister(i)));
+    let updates = futures::future::try_join_all(updated.iter().map(|i| ours.register(i)));
+    let (removed, written) = tokio::join!(removals, updates);
+    removed.expect("deregister 20 at once");
+    written.expect("update 20 at once");
+    lists(&reader, service, &updated, WITHIN).await;
+}
