@@ -15,6 +15,7 @@ use registry_core::{
 };
 use tokio::sync::oneshot;
 
+mod check;
 mod client;
 mod config;
 mod error;
@@ -28,6 +29,7 @@ mod store;
 
 pub use config::{Config, DEFAULT_CLUSTER, DEFAULT_GROUP, DEFAULT_PORT, DEFAULT_WEIGHT};
 
+use crate::check::Checks;
 use crate::server::ServerKind;
 use crate::source::{instances_of, NacosSource};
 use crate::store::{NacosStore, Parts};
@@ -124,6 +126,7 @@ impl NacosRegistry {
                 kind,
                 config: config.clone(),
                 parts,
+                checks: Checks::default(),
             }),
             naming,
             config,

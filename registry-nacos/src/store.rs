@@ -38,13 +38,11 @@ use nacos_sdk::api::naming::{NamingService, ServiceInstance as NacosInstance};
 use registry_core::registration::Store;
 use registry_core::{Error, Result, ServiceInstance};
 
+use crate::check::{Checks, CHECK_EVERY};
 use crate::client::{timed, REQUEST_TIMEOUT};
 use crate::format::to_nacos;
 use crate::server::{Kind, ServerKind};
-use crate::{source, Config, SCHEME};
-
-/// How often a registration checks that the server still lists it.
-const CHECK_EVERY: Duration = Duration::from_secs(3);
+use crate::{source, Config};
 
 /// What this handle has in one Nacos service: by (instance id, ip, port), the part and the
 /// order it was written in (two ids at one address are one Nacos instance: the last wins).
@@ -227,6 +225,8 @@ pub(crate) struct NacosStore {
     pub(crate) kind: ServerKind,
     pub(crate) config: Config,
     pub(crate) parts: Parts,
+    /// The checks that the registrations are still listed, one per service.
+    pub(crate) checks: Checks,
 }
 
 #[async_trait]
@@ -264,39 +264,21 @@ impl Store for NacosStore {
     }
 
     /// nacos-sdk keeps the connection and registers again after a reconnection on its own;
-    /// this checks every few seconds that the server lists every part, so that an instance
-    /// removed from outside, or forgotten by a server restarted before the SDK noticed, is
-    /// written again, and a server that stops answering shows in the state.
+    /// this waits on the service's shared check ([`Checks`]), which lists the service every
+    /// few seconds, so that an instance removed from outside, or forgotten by a server
+    /// restarted before the SDK noticed, is written again, and a server that stops answering
+    /// shows in the state.
     async fn hold(&self, instance: &ServiceInstance, _lease: &ServiceInstance) -> Error {
-        let parts = match to_nacos(instance, &self.config) {
-            Ok(parts) => parts,
+        let parts: Vec<(String, String, i32)> = match to_nacos(instance, &self.config) {
+            Ok(parts) => parts
+                .into_iter()
+                .map(|(service, part)| (service, part.ip, part.port))
+                .collect(),
             Err(e) => return e,
         };
-        loop {
-            tokio::time::sleep(CHECK_EVERY).await;
-            for (service, part) in &parts {
-                let listed = source::instances_of(&self.naming, &self.config.group, service).await;
-                match listed {
-                    Ok(listed) => {
-                        if !listed
-                            .iter()
-                            .any(|l| l.ip == part.ip && l.port == part.port)
-                        {
-                            return Error::Backend {
-                                backend: SCHEME,
-                                message: format!(
-                                    "{service} no longer lists {}:{}",
-                                    part.ip, part.port
-                                ),
-                                temporary: true,
-                                source: None,
-                            };
-                        }
-                    }
-                    Err(e) => return e,
-                }
-            }
-        }
+        self.checks
+            .until_lost(&self.naming, &self.config.group, &parts)
+            .await
     }
 
     async fn remove(
@@ -369,6 +351,7 @@ mod tests {
             kind: ServerKind::known(kind),
             config: config.clone(),
             parts: Parts::default(),
+            checks: Checks::default(),
         };
         let (a, b) = (instance("removal", 1), instance("removal", 2));
         store.write(&a, None).await.expect("write a");
