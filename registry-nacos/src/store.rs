@@ -229,6 +229,21 @@ pub(crate) struct NacosStore {
     pub(crate) checks: Checks,
 }
 
+impl NacosStore {
+    /// Sets the parts of instance `id` in `services` to `parts` (none: removes them there).
+    async fn put(
+        &self,
+        id: &str,
+        services: &BTreeSet<String>,
+        parts: &[(String, NacosInstance)],
+    ) -> Result<()> {
+        let (naming, kind, group) = (&self.naming, &self.kind, &self.config.group);
+        self.parts
+            .put(naming, kind, group, id, services, parts)
+            .await
+    }
+}
+
 #[async_trait]
 impl Store for NacosStore {
     fn backend(&self) -> &'static str {
@@ -249,17 +264,7 @@ impl Store for NacosStore {
         if let Some(Ok(previous)) = held.map(|held| to_nacos(held, &self.config)) {
             services.extend(services_of(&previous));
         }
-        let group = &self.config.group;
-        self.parts
-            .put(
-                &self.naming,
-                &self.kind,
-                group,
-                &instance.id,
-                &services,
-                &parts,
-            )
-            .await?;
+        self.put(&instance.id, &services, &parts).await?;
         Ok(instance.clone())
     }
 
@@ -293,17 +298,7 @@ impl Store for NacosStore {
                 services.extend(services_of(&parts));
             }
         }
-        let group = &self.config.group;
-        self.parts
-            .put(
-                &self.naming,
-                &self.kind,
-                group,
-                &instance.id,
-                &services,
-                &[],
-            )
-            .await
+        self.put(&instance.id, &services, &[]).await
     }
 
     async fn contains(&self, name: &str, id: &str) -> Result<bool> {

@@ -20,7 +20,7 @@ use registry_zookeeper::{Config, ZkRegistry};
 use support::{lists, ZkServer};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-use zookeeper_client::{Acls, Client, CreateMode};
+use zookeeper_client::{Acls, Client, CreateMode, Stat};
 
 const WITHIN: Duration = Duration::from_secs(20);
 
@@ -204,6 +204,25 @@ async fn connect_with(address: &str, session_timeout: &str) -> ZkRegistry {
     ZkRegistry::connect(Config::from_url(&url).expect("URL"))
         .await
         .expect("connect")
+}
+
+/// Deletes a's node with `raw` and waits until the registry's `session` writes it again (a
+/// new node); b's node must then be the very node it was (`before_b`), never rewritten.
+async fn a_deleted_is_written_again_and_b_left(raw: &Client, session: i64, before_b: &Stat) {
+    let (_, before_a) = raw.get_data("/trips/svc/a").await.expect("a's node");
+    raw.delete("/trips/svc/a", None).await.expect("delete a");
+    support::eventually(WITHIN, "a's node written again", || async {
+        matches!(
+            raw.check_stat("/trips/svc/a").await,
+            Ok(Some(stat)) if stat.ephemeral_owner == session && stat.czxid > before_a.czxid
+        )
+    })
+    .await;
+    let (_, after_b) = raw.get_data("/trips/svc/b").await.expect("b's node");
+    assert_eq!(
+        (after_b.czxid, after_b.mzxid),
+        (before_b.czxid, before_b.mzxid)
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -530,20 +549,7 @@ async fn without_persistent_watches_each_registration_watches_its_node() {
 
     // Each registration watches its node on its own: a node deleted from outside is
     // written again, and its neighbour is left alone.
-    let (_, before_a) = raw.get_data("/trips/svc/a").await.expect("a's node");
-    raw.delete("/trips/svc/a", None).await.expect("delete a");
-    support::eventually(WITHIN, "a's node written again", || async {
-        matches!(
-            raw.check_stat("/trips/svc/a").await,
-            Ok(Some(stat)) if stat.ephemeral_owner == session && stat.czxid > before_a.czxid
-        )
-    })
-    .await;
-    let (_, after_b) = raw.get_data("/trips/svc/b").await.expect("b's node");
-    assert_eq!(
-        (after_b.czxid, after_b.mzxid),
-        (before_b.czxid, before_b.mzxid)
-    );
+    a_deleted_is_written_again_and_b_left(&raw, session, &before_b).await;
     let asked = requests_since(&seen, 0);
     assert_eq!(
         asked.iter().filter(|r| *r == "addWatch").count(),
@@ -582,20 +588,7 @@ async fn after_a_reconnection_the_watch_is_set_again_and_each_node_checked() {
     let raw = Client::connect(&server.address())
         .await
         .expect("raw client");
-    let (_, before_a) = raw.get_data("/trips/svc/a").await.expect("a's node");
     let (_, before_b) = raw.get_data("/trips/svc/b").await.expect("b's node");
-    raw.delete("/trips/svc/a", None).await.expect("delete a");
-    support::eventually(WITHIN, "a's node written again", || async {
-        matches!(
-            raw.check_stat("/trips/svc/a").await,
-            Ok(Some(stat)) if stat.ephemeral_owner == session && stat.czxid > before_a.czxid
-        )
-    })
-    .await;
-    let (_, after_b) = raw.get_data("/trips/svc/b").await.expect("b's node");
-    assert_eq!(
-        (after_b.czxid, after_b.mzxid),
-        (before_b.czxid, before_b.mzxid)
-    );
+    a_deleted_is_written_again_and_b_left(&raw, session, &before_b).await;
     registry.close().await.expect("close");
 }
