@@ -6,8 +6,9 @@
 //! looks instead. With hundreds of registrations of one service in one process, a list per
 //! registration every 3 s was a steady stream of calls on the connection the process' own
 //! calls use. A [`Check`] lists its service every [`CHECK_EVERY`] while some hold waits on it
-//! and publishes what it read; a hold only reads listings whose call began after the hold did
-//! (so that one read before its write cannot make it look lost).
+//! and publishes what it read; a hold only reads listings whose call began at least one period
+//! after the hold did (so that one read before its write, or served from a server's cache not
+//! yet refreshed, cannot make it look lost).
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
@@ -73,15 +74,19 @@ impl Checks {
         check
     }
 
-    /// Resolves when a listing of one of `parts`' services, read after this was called, lacks
-    /// its part (the error says which), or when such a listing failed (its error).
+    /// Resolves when a listing of one of `parts`' services, begun at least [`CHECK_EVERY`]
+    /// after this was called, lacks its part (the error says which), or when such a listing
+    /// failed (its error), or when the check stopped.
     pub(crate) async fn until_lost(
         &self,
         naming: &NamingService,
         group: &str,
         parts: &[(String, String, i32)],
     ) -> Error {
-        let since = Instant::now();
+        // A listing begun right after the write may not hold it yet (the real Nacos answers
+        // queries from a cache its delayed push task refreshes): readings begun at least one
+        // period after the hold, as a hold of its own would have listed.
+        let since = Instant::now() + CHECK_EVERY;
         let mut services: Vec<(String, Arc<Check>, watch::Receiver<Option<Reading>>)> = Vec::new();
         for (service, _, _) in parts {
             if services.iter().any(|(s, _, _)| s == service) {
@@ -96,12 +101,20 @@ impl Checks {
                 Box::pin(async move {
                     // The sender lives as long as the check this holds: `changed` cannot fail
                     // while it runs, and a failure would only mean "read it again".
-                    let _ = readings.changed().await;
+                    if readings.changed().await.is_err() {
+                        return (service.clone(), Err(()));
+                    }
                     let reading = readings.borrow_and_update().clone();
-                    (service.clone(), reading)
+                    (service.clone(), Ok(reading))
                 })
             });
             let ((service, reading), _, _) = futures::future::select_all(next).await;
+            let Ok(reading) = reading else {
+                return Error::Unavailable {
+                    message: format!("the check of Nacos service {service} stopped"),
+                    source: None,
+                };
+            };
             let Some(reading) = reading.filter(|reading| reading.began >= since) else {
                 continue;
             };

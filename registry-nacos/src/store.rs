@@ -59,7 +59,8 @@ type Set = BTreeMap<(String, String, i32), (u64, NacosInstance)>;
 struct Service {
     /// The parts as the calls so far left them, and how many changes made them so.
     wanted: Mutex<(Set, u64)>,
-    /// Held while a set is sent: the set the server was last brought to, and the count of
+    /// Held while a set is sent: the set the server was last brought to (with, after a send
+    /// that failed or was cut short, whatever that send may have written), and the count of
     /// changes it holds.
     sent: tokio::sync::Mutex<(Set, u64)>,
 }
@@ -126,7 +127,12 @@ impl Parts {
                 continue;
             }
             let (after, changes) = slot.wanted().clone();
-            send(naming, kind.get(), group, service, &sent.0, &after).await?;
+            let before = sent.0.clone();
+            // Whatever the send's outcome (failed, cut short), `after` may be on the server
+            // from here on (nacos-sdk's redo keeps a batch it failed to send): a later
+            // removal must take it away.
+            sent.0.extend(after.clone());
+            send(naming, kind.get(), group, service, &before, &after).await?;
             *sent = (after, changes);
         }
         Ok(())
@@ -411,6 +417,43 @@ mod tests {
         let address = std::env::var("REGISTRY_RS_NACOS_JAVA").expect("REGISTRY_RS_NACOS_JAVA");
         for kind in [Kind::Nacos, Kind::Unknown] {
             removal_leaves_the_other(&address, kind).await;
+        }
+    }
+
+    /// A batch that failed (the server frozen past the request timeout) is kept by
+    /// nacos-sdk's redo and may reach the server once it answers again: the removal that
+    /// follows a failed first write must take the instance away, not find nothing to remove.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_removal_after_a_failed_write_takes_it_away() {
+        let server = test_support::NacosServer::start().await;
+        let address = server.http().trim_start_matches("http://").to_owned();
+        let config =
+            Config::new([address]).with_namespace(format!("failed-{}", test_support::run_id()));
+        let (naming, kind, _probe) = crate::client::connect(&config).await.expect("connect");
+        let store = NacosStore {
+            naming,
+            kind,
+            config: config.clone(),
+            parts: Parts::default(),
+            checks: Checks::default(),
+        };
+        let a = instance("failed", 1);
+        server.pause();
+        let written = store.write(&a, None).await;
+        server.resume();
+        assert!(written.is_err(), "a write to a frozen server fails");
+        store.remove(&a, None).await.expect("remove");
+
+        let (reader, _, _reader_probe) = crate::client::connect(&config).await.expect("connect");
+        test_support::eventually(WITHIN, "nothing listed", || async {
+            ids(&reader, &config, "failed").await.is_empty()
+        })
+        .await;
+        // nacos-sdk's redo sends what it keeps every 3 s: two rounds.
+        let until = tokio::time::Instant::now() + Duration::from_secs(7);
+        while tokio::time::Instant::now() < until {
+            assert_eq!(ids(&reader, &config, "failed").await, Vec::<String>::new());
+            tokio::time::sleep(Duration::from_millis(200)).await;
         }
     }
 }
