@@ -26,6 +26,40 @@ use crate::lists;
 /// How long a cluster may take to elect a leader, and a member to rejoin it.
 pub const QUORUM_DEADLINE: Duration = Duration::from_secs(30);
 
+/// Polls every member's view until those that answer agree on one leader, and the leader
+/// answers too; returns its index. `view(i)`: member `i`'s view (`None`: it does not answer,
+/// dead or frozen); `leader`: the leader a view names (`None`: none); `is(i, view, leader)`:
+/// whether member `i`, with that view, is that leader. Fails the test after
+/// [`QUORUM_DEADLINE`], naming `what` and every view.
+pub async fn agreed_leader<V: std::fmt::Debug, L: PartialEq>(
+    members: usize,
+    what: &str,
+    view: impl Fn(usize) -> Option<V>,
+    leader: impl Fn(&V) -> Option<L>,
+    is: impl Fn(usize, &V, &L) -> bool,
+) -> usize {
+    let deadline = Instant::now() + QUORUM_DEADLINE;
+    loop {
+        let views: Vec<Option<V>> = (0..members).map(&view).collect();
+        let mut answering = views.iter().flatten();
+        if let Some(named) = answering.next().and_then(&leader) {
+            let agreed = answering.all(|v| leader(v).as_ref() == Some(&named));
+            let at = views
+                .iter()
+                .enumerate()
+                .position(|(i, v)| v.as_ref().is_some_and(|v| is(i, v, &named)));
+            if let (true, Some(at)) = (agreed, at) {
+                return at;
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the {what} did not agree on a leader within {QUORUM_DEADLINE:?}: {views:?}"
+        );
+        sleep(Duration::from_millis(100)).await;
+    }
+}
+
 /// What a cluster fault test does to the members of a cluster of its own, numbered
 /// `0..len()` in the order the cluster's URL names them.
 #[async_trait]

@@ -25,9 +25,8 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use tokio::time::{sleep, Instant};
 
-use crate::cluster::{Cluster, QUORUM_DEADLINE};
+use crate::cluster::{agreed_leader, Cluster};
 use crate::netns::Net;
 use crate::{free_port, server_program, Ready, ServerProcess, ServerSpec};
 
@@ -427,37 +426,24 @@ impl Cluster for ConsulCluster {
     }
 
     async fn leader(&self) -> usize {
-        let deadline = Instant::now() + QUORUM_DEADLINE;
-        loop {
-            // What each server says (`None`: it does not answer, dead or frozen).
-            let known: Vec<Option<Option<SocketAddr>>> = self
-                .server_ports
+        let what = format!(
+            "Consul servers (server RPC addresses {:?})",
+            self.server_ports
                 .iter()
-                .map(|p| leader_known(p.http()))
-                .collect();
-            let said: Vec<Option<SocketAddr>> = known.iter().flatten().copied().collect();
-            if let Some(&Some(first)) = said.first() {
-                let agreed = said.iter().all(|&p| p == Some(first));
-                // The leader answers too, and names itself (the others may name a dead
-                // leader for a moment after it died).
-                let leader = self
-                    .server_on(first)
-                    .filter(|&l| known[l] == Some(Some(first)));
-                if let (true, Some(leader)) = (agreed, leader) {
-                    return leader;
-                }
-            }
-            assert!(
-                Instant::now() < deadline,
-                "the Consul servers did not agree on a leader within {QUORUM_DEADLINE:?}: \
-                 {known:?} (server RPC addresses {:?})",
-                self.server_ports
-                    .iter()
-                    .map(|p| p.server())
-                    .collect::<Vec<_>>()
-            );
-            sleep(Duration::from_millis(100)).await;
-        }
+                .map(|p| p.server())
+                .collect::<Vec<_>>()
+        );
+        // Each server's view: the leader it names (`None` inside: none). The leader must
+        // answer too and name itself (the others may name a dead leader for a moment after
+        // it died).
+        agreed_leader(
+            self.server_ports.len(),
+            &what,
+            |i| leader_known(self.server_ports[i].http()),
+            |named| *named,
+            |i, named, leader| named == &Some(*leader) && self.server_on(*leader) == Some(i),
+        )
+        .await
     }
 
     fn kill(&mut self, member: usize) {

@@ -7,9 +7,8 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpStream};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use tokio::time::{sleep, Instant};
 
-use crate::cluster::{Cluster, QUORUM_DEADLINE};
+use crate::cluster::{agreed_leader, Cluster};
 use crate::netns::Net;
 use crate::{free_port, run_id, server_program, Ready, ServerProcess, ServerSpec};
 
@@ -205,28 +204,14 @@ impl Cluster for EtcdCluster {
     }
 
     async fn leader(&self) -> usize {
-        let deadline = Instant::now() + QUORUM_DEADLINE;
-        loop {
-            let statuses: Vec<Option<EtcdStatus>> =
-                (0..self.len()).map(|i| self.status(i)).collect();
-            let answering: Vec<EtcdStatus> = statuses.iter().flatten().copied().collect();
-            if let Some(first) = answering.first() {
-                let agreed =
-                    first.leader != 0 && answering.iter().all(|s| s.leader == first.leader);
-                let leader = statuses
-                    .iter()
-                    .position(|s| s.is_some_and(|s| s.member_id == first.leader));
-                if let (true, Some(leader)) = (agreed, leader) {
-                    return leader;
-                }
-            }
-            assert!(
-                Instant::now() < deadline,
-                "the etcd members did not agree on a leader within {QUORUM_DEADLINE:?}: \
-                 {statuses:?}"
-            );
-            sleep(Duration::from_millis(100)).await;
-        }
+        agreed_leader(
+            self.len(),
+            "etcd members",
+            |i| self.status(i),
+            |s| (s.leader != 0).then_some(s.leader),
+            |_, s, leader| s.member_id == *leader,
+        )
+        .await
     }
 
     fn kill(&mut self, member: usize) {

@@ -34,7 +34,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use tokio::time::{sleep, Instant};
 
-use crate::cluster::{Cluster, QUORUM_DEADLINE};
+use crate::cluster::{agreed_leader, Cluster, QUORUM_DEADLINE};
 use crate::netns::Net;
 use crate::{free_port, run_id, server_program, Ready, ServerProcess, ServerSpec};
 
@@ -422,28 +422,14 @@ impl Cluster for NacosCluster {
     }
 
     async fn leader(&self) -> usize {
-        let deadline = Instant::now() + QUORUM_DEADLINE;
-        loop {
-            let metrics: Vec<Option<RaftMetrics>> =
-                (0..self.len()).map(|i| self.metrics(i)).collect();
-            let answering: Vec<&RaftMetrics> = metrics.iter().flatten().collect();
-            if let Some(first) = answering.first() {
-                let agreed =
-                    first.leader.is_some() && answering.iter().all(|m| m.leader == first.leader);
-                let leader = metrics
-                    .iter()
-                    .position(|m| m.as_ref().is_some_and(|m| Some(m.id) == first.leader));
-                if let (true, Some(leader)) = (agreed, leader) {
-                    return leader;
-                }
-            }
-            assert!(
-                Instant::now() < deadline,
-                "the rnacos nodes did not agree on a leader within {QUORUM_DEADLINE:?}: \
-                 {metrics:?}"
-            );
-            sleep(Duration::from_millis(100)).await;
-        }
+        agreed_leader(
+            self.len(),
+            "rnacos nodes",
+            |i| self.metrics(i),
+            |m| m.leader,
+            |_, m, leader| m.id == *leader,
+        )
+        .await
     }
 
     fn kill(&mut self, member: usize) {
